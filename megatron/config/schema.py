@@ -1,0 +1,176 @@
+"""Typed run configuration: one frozen dataclass per concern, grouped in `Config`.
+
+Built once from CLI flags (see `cli.py`), validated once (see `validate.py`), then passed
+explicitly to whoever needs a part of it. Field names follow Megatron-DeepSpeed's flags
+(`--num-layers` -> `num_layers`).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of the GPT: everything needed to build the same weights on any layout."""
+
+    num_layers: int = 2
+    hidden_size: int = 64
+    num_attention_heads: int = 4
+    ffn_hidden_size: Optional[int] = None  # None: 4h, or 8/3 h rounded to 64 for GLU activations
+    seq_length: int = 128
+    max_position_embeddings: Optional[int] = None  # None: seq_length
+    vocab_size: int = 0  # padded vocabulary size; set from the tokenizer at start-up
+    make_vocab_size_divisible_by: int = 128
+    pad_vocab_size_to: Optional[int] = None
+    position_embedding_type: str = "learned_absolute"  # learned_absolute|sinusoidal|rope|alibi|none
+    rotary_percent: float = 1.0
+    rotary_base: float = 10000.0
+    activation: str = "gelu"  # gelu|gelu_tanh
+    glu_activation: Optional[str] = None  # None|geglu|swiglu|reglu|liglu
+    normalization: str = "LayerNorm"  # LayerNorm|RMSNorm
+    layernorm_epsilon: float = 1e-5
+    sandwich_layernorm: bool = False
+    embed_layernorm: bool = False
+    parallel_attention_mlp: bool = False  # GPT-J / GPT-NeoX parallel residual
+    add_bias_linear: bool = True
+    untie_embeddings_and_output_weights: bool = False
+    init_method_std: float = 0.02
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    attention_softmax_in_fp32: bool = False
+    apply_query_key_layer_scaling: bool = False
+    attention_kernel: str = "auto"  # auto|eager|sdpa|flex
+    prefix_lm: bool = False
+
+    @property
+    def max_positions(self) -> int:
+        return self.max_position_embeddings or self.seq_length
+
+    @property
+    def ffn_size(self) -> int:
+        if self.ffn_hidden_size:
+            return self.ffn_hidden_size
+        if self.glu_activation:
+            return 64 * ((8 * self.hidden_size // 3 + 63) // 64)
+        return 4 * self.hidden_size
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    tensor_model_parallel_size: int = 1
+    pipeline_model_parallel_size: int = 1
+    sequence_parallel: bool = False
+    pp_partition_method: str = "type:transformer"
+    distributed_backend: str = "auto"  # auto: nccl on GPUs, gloo on CPU
+    distributed_timeout_minutes: int = 30
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    data_path: tuple = ()  # [weight] prefix pairs, Megatron style
+    split: str = "969,30,1"
+    tokenizer_type: Optional[str] = None
+    tokenizer_model: Optional[str] = None
+    tokenizer_name_or_path: Optional[str] = None
+    vocab_file: Optional[str] = None
+    merge_file: Optional[str] = None
+    data_cache_path: Optional[str] = None
+    reset_position_ids: bool = False
+    reset_attention_mask: bool = False
+    eod_mask_loss: bool = False
+    loss_on_targets_only: bool = False
+    num_workers: int = 0
+    mock_data: bool = False
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    optimizer: str = "adam"
+    lr: float = 3e-4
+    min_lr: float = 0.0
+    weight_decay: float = 0.01
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    clip_grad: float = 1.0
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    micro_batch_size: int = 1
+    global_batch_size: Optional[int] = None  # None: micro_batch_size x data-parallel size
+    rampup_batch_size: Optional[tuple] = None
+    train_iters: Optional[int] = None
+    train_samples: Optional[int] = None
+    lr_decay_style: str = "cosine"  # constant|linear|cosine|inverse-square-root
+    lr_warmup_iters: int = 0
+    lr_warmup_samples: int = 0
+    lr_warmup_fraction: Optional[float] = None
+    lr_decay_iters: Optional[int] = None
+    lr_decay_samples: Optional[int] = None
+    seed: int = 1234
+    bf16: bool = False
+    fp16: bool = False
+    checkpoint_activations: bool = False
+    eval_interval: int = 1000
+    eval_iters: int = 10
+    exit_interval: Optional[int] = None
+    exit_duration_in_mins: Optional[float] = None
+    deepspeed: bool = True
+    deepspeed_config: Optional[str] = None
+    zero_stage: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    save: Optional[str] = None
+    load: Optional[str] = None
+    save_interval: Optional[int] = None
+    no_load_optim: bool = False
+    no_load_rng: bool = False
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    log_interval: int = 100
+    tensorboard_dir: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        """Inverse of to_dict (unknown keys are dropped, lists become tuples)."""
+        kwargs = {}
+        for f in dataclasses.fields(cls):
+            sub_cls = f.default_factory
+            known = {sf.name for sf in dataclasses.fields(sub_cls)}
+            values = d.get(f.name, {})
+            kwargs[f.name] = sub_cls(**{k: _tuple_lists(v) for k, v in values.items() if k in known})
+        return cls(**kwargs)
+
+    def replace(self, **groups) -> "Config":
+        """Copy with some groups' fields changed: cfg.replace(model={"vocab_size": 512})."""
+        changed = {k: dataclasses.replace(getattr(self, k), **v) for k, v in groups.items()}
+        return dataclasses.replace(self, **changed)
+
+
+def _tuple_lists(v):
+    return tuple(v) if isinstance(v, list) else v
