@@ -114,6 +114,7 @@ class TrainingConfig:
     lr_warmup_fraction: Optional[float] = None
     lr_decay_iters: Optional[int] = None
     lr_decay_samples: Optional[int] = None
+    lr_decay_tokens: Optional[int] = None
     seed: int = 1234
     bf16: bool = False
     fp16: bool = False

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The quickstart pipeline, step by step (scripts/quickstart.sh sets up .venv and calls this).
+# Usage: bash examples/quickstart.sh [RUN_DIR]   (default runs/quickstart)
+# Environment: QUICKSTART_ITERS (default 600) and NPROC (processes, default 1; DP over gloo/NCCL).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUN=${1:-runs/quickstart}
+ITERS=${QUICKSTART_ITERS:-600}
+NPROC=${NPROC:-1}
+mkdir -p "$RUN/data"
+
+echo "== 1/4 corpus: docstrings of the Python standard library"
+python tools/build_stdlib_corpus.py --output "$RUN/data/stdlib.jsonl" --max-mb 6
+
+echo "== 2/4 tokenizer: SentencePiece BPE, 4000 pieces"
+if [ ! -f "$RUN/data/spm.model" ]; then
+  python tools/train_tokenizer.py --input "$RUN/data/stdlib.jsonl" --json-keys text \
+    --vocab-size 4000 --model-type bpe --output-prefix "$RUN/data/spm"
+fi
+
+echo "== 3/4 indexed dataset (.bin/.idx)"
+if [ ! -f "$RUN/data/stdlib_text_document.idx" ]; then
+  python tools/preprocess_data.py --input "$RUN/data/stdlib.jsonl" --json-keys text \
+    --tokenizer-type SentencePieceTokenizer --tokenizer-model "$RUN/data/spm.model" \
+    --append-eod --workers 2 --output-prefix "$RUN/data/stdlib"
+fi
+
+echo "== 4/4 train a tiny GPT ($ITERS steps), then validation/test loss and perplexity"
+torchrun --standalone --nproc-per-node "$NPROC" pretrain_gpt.py \
+  --num-layers 4 --hidden-size 128 --num-attention-heads 4 --seq-length 128 \
+  --max-position-embeddings 128 \
+  --micro-batch-size $((16 / NPROC)) --global-batch-size 16 \
+  --train-iters "$ITERS" --lr 1e-3 --min-lr 1e-4 --lr-decay-style cosine --lr-warmup-iters 30 \
+  --weight-decay 0.1 --adam-beta2 0.95 --clip-grad 1.0 \
+  --data-path "$RUN/data/stdlib_text_document" --split 949,50,1 \
+  --tokenizer-type SentencePieceTokenizer --tokenizer-model "$RUN/data/spm.model" \
+  --deepspeed --deepspeed_config ds_configs/zero1.json \
+  --log-interval 50 --eval-interval 200 --eval-iters 10 \
+  --save "$RUN/checkpoints" --save-interval "$ITERS" \
+  --tensorboard-dir "$RUN/tensorboard" --seed 1234
+echo "== done: checkpoint in $RUN/checkpoints, TensorBoard logs in $RUN/tensorboard"

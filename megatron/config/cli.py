@@ -1,0 +1,222 @@
+"""Command-line flags (Megatron-DeepSpeed / Megatron-LM names) -> `Config`.
+
+Every flag maps to one field of one config group. Flags whose feature has not landed yet are
+parsed (so existing sbatch argument lists are recognised) but rejected by `validate.py` with
+"not implemented yet" when set: never silently ignored.
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import sys
+from typing import Optional, Sequence
+
+from megatron.config.schema import Config
+
+# dest -> config group; filled by _Flags.add
+_GROUP_OF: dict[str, str] = {}
+
+POSITION_EMBEDDING_ALIASES = {"absolute": "learned_absolute", "learned": "learned_absolute",
+                              "rotary": "rope"}
+
+
+class _Flags:
+    """argparse group that records which config group each flag belongs to."""
+
+    def __init__(self, parser: argparse.ArgumentParser, title: str, group: str):
+        self._arg_group = parser.add_argument_group(title)
+        self._group = group
+
+    def add(self, *names, **kwargs):
+        action = self._arg_group.add_argument(*names, **kwargs)
+        _GROUP_OF[action.dest] = self._group
+        return action
+
+
+class _SuggestingParser(argparse.ArgumentParser):
+    """Rejects unknown flags, naming the closest known one."""
+
+    def parse_args(self, args=None, namespace=None):
+        ns, unknown = self.parse_known_args(args, namespace)
+        flags = [u for u in unknown if u.startswith("-")]
+        if unknown:
+            known = [o for a in self._actions for o in a.option_strings]
+            msgs = []
+            for u in flags or unknown:
+                name = u.split("=", 1)[0]
+                close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+                msgs.append(f"unknown flag {name}" + (f" (did you mean {close[0]}?)" if close
+                                                      else ""))
+            self.error("; ".join(msgs))
+        return ns
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _SuggestingParser(
+        prog="pretrain_gpt.py",
+        description="Pretrain a GPT with tensor, pipeline and data parallelism (DeepSpeed engine). "
+                    "Flags keep Megatron-DeepSpeed's names.",
+        allow_abbrev=False)
+
+    m = _Flags(p, "model", "model")
+    m.add("--num-layers", type=int, default=2, help="Number of transformer layers.")
+    m.add("--hidden-size", type=int, default=64, help="Transformer hidden size.")
+    m.add("--ffn-hidden-size", type=int, default=None,
+          help="MLP hidden size (default 4 x hidden, or 8/3 x hidden rounded to 64 with GLU).")
+    m.add("--num-attention-heads", type=int, default=4, help="Number of attention heads.")
+    m.add("--seq-length", type=int, default=128, help="Sequence length of training samples.")
+    m.add("--max-position-embeddings", type=int, default=None,
+          help="Positions the model supports (default: --seq-length).")
+    m.add("--make-vocab-size-divisible-by", type=int, default=128,
+          help="Pad the vocabulary to a multiple of this x tensor-parallel size.")
+    m.add("--pad-vocab-size-to", type=int, default=None,
+          help="Pad the vocabulary to exactly this size (BLOOM: 250880).")
+    m.add("--position-embedding-type", default="learned_absolute",
+          choices=["learned_absolute", "absolute", "learned", "sinusoidal", "rope", "rotary",
+                   "alibi", "none"],
+          help="Position embedding: learned_absolute (alias absolute), sinusoidal, rope (alias "
+               "rotary), alibi or none.")
+    m.add("--rotary-percent", type=float, default=1.0,
+          help="Fraction of each head's dimensions that get rotary embedding.")
+    m.add("--rotary-base", type=float, default=10000.0, help="Base period of rotary embedding.")
+    m.add("--openai-gelu", action="store_const", const="gelu_tanh", dest="activation",
+          default="gelu", help="Use the tanh approximation of GeLU (GPT-2's).")
+    m.add("--glu-activation", default=None, choices=["geglu", "swiglu", "reglu", "liglu"],
+          help="Gated linear unit MLP activation.")
+    m.add("--swiglu", action="store_const", const="swiglu", dest="glu_activation",
+          help="Same as --glu-activation swiglu (Megatron-LM's flag).")
+    m.add("--normalization", default="LayerNorm", choices=["LayerNorm", "RMSNorm"],
+          help="Normalisation layer (computed in fp32).")
+    m.add("--layernorm-epsilon", type=float, default=1e-5, help="Epsilon of the norms.")
+    m.add("--sandwich-layernorm", action="store_true",
+          help="Also normalise each sub-layer's output before the residual add (sandwich-LN).")
+    m.add("--embed-layernorm", action="store_true",
+          help="LayerNorm after the word embedding (BLOOM's bf16 stabiliser).")
+    m.add("--parallel-attention-mlp", action="store_true",
+          help="Attention and MLP in parallel from one residual (GPT-J / GPT-NeoX).")
+    m.add("--disable-bias-linear", action="store_false", dest="add_bias_linear",
+          help="No biases in linear layers.")
+    m.add("--untie-embeddings-and-output-weights", action="store_true",
+          help="Separate output layer instead of reusing the input embedding.")
+    m.add("--init-method-std", type=float, default=0.02, help="Std of the normal init.")
+    m.add("--hidden-dropout", type=float, default=0.1, help="Dropout after attention and MLP.")
+    m.add("--attention-dropout", type=float, default=0.1, help="Dropout on attention probs.")
+    m.add("--attention-softmax-in-fp32", action="store_true",
+          help="Compute attention softmax in fp32 under bf16/fp16.")
+    m.add("--apply-query-key-layer-scaling", action="store_true",
+          help="Scale query-key products by 1/layer-number (fp16 stability).")
+    m.add("--attention-kernel", default="auto", choices=["auto", "eager", "sdpa", "flex"],
+          help="Attention implementation; auto picks the fastest that supports the mask.")
+    m.add("--prefix-lm", action="store_true",
+          help="Prefix-LM: bidirectional attention over a per-sample prefix.")
+
+    par = _Flags(p, "parallelism", "parallel")
+    par.add("--tensor-model-parallel-size", type=int, default=1, help="Tensor-parallel size.")
+    par.add("--pipeline-model-parallel-size", type=int, default=1, help="Pipeline stages.")
+    par.add("--sequence-parallel", action="store_true",
+            help="Shard norms/dropout activations along the sequence over TP ranks.")
+    par.add("--pp-partition-method", default="type:transformer",
+            help="How layers are split over pipeline stages (uniform, parameters, type:REGEX).")
+    par.add("--distributed-backend", default="auto", choices=["auto", "nccl", "gloo"],
+            help="torch.distributed backend (auto: nccl on GPUs, gloo on CPU).")
+    par.add("--distributed-timeout-minutes", type=int, default=30,
+            help="Timeout of collective operations.")
+
+    d = _Flags(p, "data", "data")
+    d.add("--data-path", nargs="*", default=[],
+          help="Dataset prefixes, optionally weighted: [w1] prefix1 [w2] prefix2 ...")
+    d.add("--split", default="969,30,1", help="Train/valid/test split weights, e.g. 949,50,1.")
+    d.add("--tokenizer-type", default=None,
+          help="SentencePieceTokenizer, GPTSentencePieceTokenizer, HuggingFaceTokenizer, "
+               "GPT2BPETokenizer or ByteLevelTokenizer.")
+    d.add("--tokenizer-model", default=None, help="SentencePiece model file.")
+    d.add("--tokenizer-name-or-path", default=None,
+          help="Local HF tokenizer.json or directory.")
+    d.add("--vocab-file", default=None, help="GPT-2 BPE vocab.json.")
+    d.add("--merge-file", default=None, help="GPT-2 BPE merges.txt.")
+    d.add("--data-cache-path", default=None,
+          help="Directory for the dataset index caches (default: next to the data).")
+    d.add("--reset-position-ids", action="store_true", help="Restart positions after EOD.")
+    d.add("--reset-attention-mask", action="store_true",
+          help="Attend only within the same document (mask across EOD).")
+    d.add("--eod-mask-loss", action="store_true", help="No loss on EOD tokens.")
+    d.add("--loss-on-targets-only", action="store_true",
+          help="Prefix-LM: no loss on the prefix.")
+    d.add("--num-workers", type=int, default=0, help="Data-loader worker processes.")
+    d.add("--mock-data", action="store_true", help="Random tokens instead of --data-path.")
+
+    o = _Flags(p, "optimizer", "optimizer")
+    o.add("--optimizer", default="adam", choices=["adam"], help="Optimizer (AdamW, decoupled).")
+    o.add("--lr", type=float, default=3e-4, help="Peak learning rate.")
+    o.add("--min-lr", type=float, default=0.0, help="Learning rate at the end of decay.")
+    o.add("--weight-decay", type=float, default=0.01,
+          help="Decoupled weight decay (not applied to biases and norms).")
+    o.add("--adam-beta1", type=float, default=0.9, help="Adam beta1.")
+    o.add("--adam-beta2", type=float, default=0.999, help="Adam beta2.")
+    o.add("--adam-eps", type=float, default=1e-8, help="Adam epsilon.")
+    o.add("--clip-grad", type=float, default=1.0, help="Global gradient-norm clip (0: off).")
+
+    t = _Flags(p, "training", "training")
+    t.add("--micro-batch-size", type=int, default=1, help="Samples per rank per micro-step.")
+    t.add("--global-batch-size", type=int, default=None,
+          help="Samples per optimizer step (default micro-batch x data-parallel size).")
+    t.add("--rampup-batch-size", nargs=3, type=int, default=None,
+          metavar=("START", "INCREMENT", "SAMPLES"), help="Batch-size warmup.")
+    t.add("--train-iters", type=int, default=None, help="Optimizer steps to train for.")
+    t.add("--train-samples", type=int, default=None, help="Samples to train for.")
+    t.add("--lr-decay-style", default="cosine",
+          choices=["constant", "linear", "cosine", "inverse-square-root"],
+          help="Learning-rate decay after warmup.")
+    t.add("--lr-warmup-iters", type=int, default=0, help="Warmup in steps.")
+    t.add("--lr-warmup-samples", type=int, default=0, help="Warmup in samples.")
+    t.add("--lr-warmup-fraction", type=float, default=None,
+          help="Warmup as a fraction of the decay period.")
+    t.add("--lr-decay-iters", type=int, default=None, help="Decay period in steps.")
+    t.add("--lr-decay-samples", type=int, default=None, help="Decay period in samples.")
+    t.add("--lr-decay-tokens", type=int, default=None, help="Decay period in tokens.")
+    t.add("--seed", type=int, default=1234, help="Seed of init, dropout and data order.")
+    t.add("--bf16", action="store_true", help="bf16 weights/activations, fp32 master weights.")
+    t.add("--fp16", action="store_true", help="fp16 with dynamic loss scaling.")
+    t.add("--checkpoint-activations", action="store_true",
+          help="Recompute each layer's activations in backward (saves memory).")
+    t.add("--eval-interval", type=int, default=1000, help="Steps between validations.")
+    t.add("--eval-iters", type=int, default=10, help="Batches per validation.")
+    t.add("--exit-interval", type=int, default=None, help="Stop after this step (saving).")
+    t.add("--exit-duration-in-mins", type=float, default=None,
+          help="Save and stop after this many minutes of training.")
+    t.add("--deepspeed", action="store_true", default=True,
+          help="Use DeepSpeed (always on: the one engine; accepted for compatibility).")
+    t.add("--deepspeed_config", "--deepspeed-config", dest="deepspeed_config", default=None,
+          help="DeepSpeed JSON (ZeRO, optimizer dtype settings); batch sizes must match flags.")
+    t.add("--zero-stage", type=int, default=None, choices=[0, 1, 2, 3],
+          help="ZeRO stage (overrides the DeepSpeed config's).")
+
+    c = _Flags(p, "checkpointing", "checkpoint")
+    c.add("--save", default=None, help="Directory to save checkpoints in.")
+    c.add("--load", default=None, help="Directory to resume from.")
+    c.add("--save-interval", type=int, default=None, help="Steps between checkpoints.")
+    c.add("--no-load-optim", action="store_true", help="Do not load optimizer state.")
+    c.add("--no-load-rng", action="store_true", help="Do not load RNG state.")
+
+    lg = _Flags(p, "logging", "logging")
+    lg.add("--log-interval", type=int, default=100, help="Steps between log lines.")
+    lg.add("--tensorboard-dir", default=None, help="Write TensorBoard events here.")
+    return p
+
+
+def config_from_args(ns: argparse.Namespace) -> Config:
+    groups: dict[str, dict] = {}
+    for dest, value in vars(ns).items():
+        if dest not in _GROUP_OF:
+            continue
+        if isinstance(value, list):
+            value = tuple(value)
+        groups.setdefault(_GROUP_OF[dest], {})[dest] = value
+    groups["model"]["position_embedding_type"] = POSITION_EMBEDDING_ALIASES.get(
+        groups["model"]["position_embedding_type"], groups["model"]["position_embedding_type"])
+    return Config().replace(**groups)
+
+
+def parse_config(argv: Optional[Sequence[str]] = None) -> Config:
+    parser = build_parser()
+    return config_from_args(parser.parse_args(sys.argv[1:] if argv is None else list(argv)))

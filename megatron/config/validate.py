@@ -1,0 +1,148 @@
+"""Start-up checks of a `Config` against the job: clear errors that name flags and values."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+from megatron.config.schema import Config
+
+
+class ConfigError(ValueError):
+    """A flag, or a combination of flags, this run cannot use."""
+
+
+# field (group, name) -> (default that means "off", the flag, the issue that lands it)
+NOT_IMPLEMENTED_YET = {
+    ("parallel", "pipeline_model_parallel_size"): (1, "--pipeline-model-parallel-size > 1",
+                                                   "3D parallelism (pipeline engine)"),
+    ("parallel", "sequence_parallel"): (False, "--sequence-parallel", "3D parallelism"),
+    ("training", "rampup_batch_size"): (None, "--rampup-batch-size", "the training-loop issue"),
+    ("training", "lr_decay_tokens"): (None, "--lr-decay-tokens", "the training-loop issue"),
+    ("training", "checkpoint_activations"): (False, "--checkpoint-activations",
+                                             "3D parallelism (activation checkpointing)"),
+    ("data", "loss_on_targets_only"): (False, "--loss-on-targets-only", "prefix-LM data"),
+    ("model", "prefix_lm"): (False, "--prefix-lm", "prefix-LM data"),
+}
+
+
+def check_not_implemented(cfg: Config) -> None:
+    for (group, name), (off, flag, where) in NOT_IMPLEMENTED_YET.items():
+        value = getattr(getattr(cfg, group), name)
+        if value != off:
+            raise ConfigError(f"{flag} (got {value!r}) is not implemented yet: it lands with "
+                              f"{where}. Remove the flag to run.")
+
+
+def data_parallel_size(cfg: Config, world_size: int) -> int:
+    tp = cfg.parallel.tensor_model_parallel_size
+    pp = cfg.parallel.pipeline_model_parallel_size
+    if tp < 1 or pp < 1:
+        raise ConfigError(f"--tensor-model-parallel-size {tp} and --pipeline-model-parallel-size "
+                          f"{pp} must be >= 1")
+    if world_size % (tp * pp):
+        raise ConfigError(
+            f"world size {world_size} is not divisible by --tensor-model-parallel-size {tp} x "
+            f"--pipeline-model-parallel-size {pp} = {tp * pp}: launch a multiple of {tp * pp} "
+            f"processes")
+    return world_size // (tp * pp)
+
+
+def global_batch_size(cfg: Config, world_size: int) -> int:
+    t = cfg.training
+    return t.global_batch_size or t.micro_batch_size * data_parallel_size(cfg, world_size)
+
+
+def check_model_shape(cfg: Config) -> None:
+    m, tp = cfg.model, cfg.parallel.tensor_model_parallel_size
+    pp = cfg.parallel.pipeline_model_parallel_size
+    if m.hidden_size % m.num_attention_heads:
+        raise ConfigError(f"--hidden-size {m.hidden_size} is not divisible by "
+                          f"--num-attention-heads {m.num_attention_heads}")
+    if m.num_attention_heads % tp:
+        raise ConfigError(f"--num-attention-heads {m.num_attention_heads} is not divisible by "
+                          f"--tensor-model-parallel-size {tp}")
+    if m.ffn_size % tp:
+        raise ConfigError(f"MLP size {m.ffn_size} (--ffn-hidden-size) is not divisible by "
+                          f"--tensor-model-parallel-size {tp}")
+    if m.num_layers % pp:
+        raise ConfigError(f"--num-layers {m.num_layers} is not divisible by "
+                          f"--pipeline-model-parallel-size {pp}")
+    if m.seq_length > m.max_positions:
+        raise ConfigError(f"--seq-length {m.seq_length} exceeds --max-position-embeddings "
+                          f"{m.max_position_embeddings}")
+
+
+def check_batch(cfg: Config, world_size: int) -> None:
+    t = cfg.training
+    dp = data_parallel_size(cfg, world_size)
+    if t.micro_batch_size < 1:
+        raise ConfigError(f"--micro-batch-size {t.micro_batch_size} must be >= 1")
+    gbs = global_batch_size(cfg, world_size)
+    if gbs % (t.micro_batch_size * dp):
+        raise ConfigError(
+            f"--global-batch-size {gbs} is not divisible by --micro-batch-size "
+            f"{t.micro_batch_size} x data-parallel size {dp} = {t.micro_batch_size * dp} "
+            f"(world {world_size} / (TP x PP))")
+    if (t.train_iters is None) == (t.train_samples is None):
+        raise ConfigError("give exactly one of --train-iters and --train-samples "
+                          f"(got --train-iters {t.train_iters}, --train-samples {t.train_samples})")
+    if t.bf16 and t.fp16:
+        raise ConfigError("--bf16 and --fp16 are mutually exclusive")
+
+
+def check_deepspeed_config(cfg: Config, world_size: int) -> Optional[dict]:
+    """Load --deepspeed_config and check its batch sizes and precision against the flags."""
+    path = cfg.training.deepspeed_config
+    if path is None:
+        return None
+    if not os.path.isfile(path):
+        raise ConfigError(f"--deepspeed_config {path}: no such file")
+    try:
+        with open(path) as f:
+            ds = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--deepspeed_config {path}: not valid JSON ({e})") from e
+    t = cfg.training
+    dp = data_parallel_size(cfg, world_size)
+    gbs = global_batch_size(cfg, world_size)
+    want = {"train_micro_batch_size_per_gpu": ("--micro-batch-size", t.micro_batch_size),
+            "train_batch_size": ("--global-batch-size", gbs),
+            "gradient_accumulation_steps": ("--global-batch-size / (--micro-batch-size x DP)",
+                                            gbs // max(1, t.micro_batch_size * dp))}
+    for key, (flag, value) in want.items():
+        if key in ds and ds[key] not in (value, "auto"):
+            raise ConfigError(f"--deepspeed_config {path}: {key} = {ds[key]} contradicts {flag} "
+                              f"= {value}; remove it from the JSON (flags set it) or make them "
+                              f"agree")
+    for key, flag, on in (("bf16", "--bf16", t.bf16), ("fp16", "--fp16", t.fp16)):
+        enabled = ds.get(key, {}).get("enabled", False)
+        if enabled not in ("auto",) and bool(enabled) != on and (enabled or on):
+            raise ConfigError(f"--deepspeed_config {path}: {key}.enabled = {enabled} contradicts "
+                              f"{flag} {'given' if on else 'not given'}")
+    return ds
+
+
+def check_data(cfg: Config) -> None:
+    d = cfg.data
+    if d.mock_data:
+        return
+    if not d.data_path:
+        raise ConfigError("--data-path is required (or --mock-data for random tokens)")
+    from megatron.data.blend import parse_data_path  # data flag syntax lives with the data code
+    for _, prefix in parse_data_path(d.data_path):
+        missing = [prefix + ext for ext in (".bin", ".idx") if not os.path.isfile(prefix + ext)]
+        if missing:
+            raise ConfigError(f"--data-path {prefix}: missing {', '.join(missing)} (give the "
+                              f"prefix without .bin/.idx, e.g. data/corpus_text_document)")
+    if d.tokenizer_type is None:
+        raise ConfigError("--tokenizer-type is required with --data-path")
+
+
+def validate_config(cfg: Config, world_size: int) -> None:
+    check_not_implemented(cfg)
+    data_parallel_size(cfg, world_size)
+    check_model_shape(cfg)
+    check_batch(cfg, world_size)
+    check_deepspeed_config(cfg, world_size)
+    check_data(cfg)

@@ -1,0 +1,114 @@
+"""TrainEngine on DeepSpeed: ZeRO 0/1/2, bf16 with fp32 master weights, fp16 loss scaling,
+gradient accumulation and clipping all come from `deepspeed.initialize`."""
+from __future__ import annotations
+
+import os
+from typing import Optional, Sequence
+
+import torch
+import torch.distributed as dist
+
+from megatron.config.schema import Config
+from megatron.data.batch import Batch
+from megatron.parallel.layout import ParallelLayout
+from megatron.trainer.ds_config import build_deepspeed_config
+from megatron.trainer.engine import StepResult, TrainEngine
+from megatron.trainer.optimizer import build_optimizer
+from megatron.trainer.schedules import build_lr_scheduler
+
+
+class _MegatronMPU:
+    """The `mpu` object DeepSpeed asks for: its "model parallel" is our tensor parallel."""
+
+    def __init__(self, layout: ParallelLayout):
+        self.layout = layout
+
+    def get_model_parallel_rank(self):
+        return self.layout.tp_rank
+
+    def get_model_parallel_world_size(self):
+        return self.layout.tp
+
+    def get_model_parallel_group(self):
+        return self.layout.tp_group
+
+    def get_data_parallel_rank(self):
+        return self.layout.dp_rank
+
+    def get_data_parallel_world_size(self):
+        return self.layout.dp
+
+    def get_data_parallel_group(self):
+        return self.layout.dp_group
+
+    get_tensor_model_parallel_rank = get_model_parallel_rank
+    get_tensor_model_parallel_world_size = get_model_parallel_world_size
+    get_tensor_model_parallel_group = get_model_parallel_group
+
+
+class DeepSpeedTrainEngine(TrainEngine):
+    def __init__(self, model: torch.nn.Module, cfg: Config, layout: ParallelLayout, gbs: int):
+        import deepspeed
+
+        self.layout = layout
+        self.ds_config = build_deepspeed_config(cfg, layout.world_size)
+        optimizer = build_optimizer(model, cfg.optimizer)
+        self.scheduler = build_lr_scheduler(optimizer, cfg, gbs)
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer, config=self.ds_config, mpu=_MegatronMPU(layout),
+            dist_init_required=False)
+        self.model = model
+        self.grad_accum = self.ds_config["gradient_accumulation_steps"]
+
+    def _loss(self, batch: Batch) -> torch.Tensor:
+        b = batch.to(self.layout.device)
+        logits = self.engine(b.tokens, position_ids=b.position_ids, document_ids=b.document_ids)
+        return self.model.loss(logits, b.labels, b.loss_mask)
+
+    def train_step(self, micro_batches: Sequence[Batch], samples: int) -> StepResult:
+        if len(micro_batches) != self.grad_accum:
+            raise ValueError(f"got {len(micro_batches)} micro-batches, DeepSpeed expects "
+                             f"{self.grad_accum} per step")
+        self.engine.train()
+        total = torch.zeros((), dtype=torch.float32, device=self.layout.device)
+        for mb in micro_batches:
+            loss = self._loss(mb)
+            self.engine.backward(loss)
+            self.engine.step()  # applies the update only at the accumulation boundary
+            total += loss.detach().float()
+        mean_loss = total / len(micro_batches)
+        dist.all_reduce(mean_loss, group=self.layout.dp_group)
+        mean_loss /= self.layout.dp
+        skipped = bool(getattr(self.engine, "was_step_applied", lambda: True)() is False)
+        if not skipped:
+            self.scheduler.step(samples)
+        norm = self.engine.get_global_grad_norm()
+        return StepResult(loss=mean_loss.item(), grad_norm=None if norm is None else float(norm),
+                          lr=self.current_lr(), skipped=skipped)
+
+    def current_lr(self) -> float:
+        return self.scheduler.optimizer.param_groups[0]["lr"]
+
+    @torch.no_grad()
+    def eval_loss(self, batch: Batch) -> tuple[float, float]:
+        self.engine.eval()
+        mean = self._loss(batch)
+        n = batch.loss_mask.sum().item()
+        return mean.item() * n, n
+
+    def save(self, directory: str, tag: str, client_state: dict) -> None:
+        client_state = dict(client_state, lr_scheduler=self.scheduler.state_dict())
+        self.engine.save_checkpoint(directory, tag=tag, client_state=client_state)
+
+    def load(self, directory: str, load_optimizer: bool = True) -> Optional[dict]:
+        if not os.path.isfile(os.path.join(directory, "latest")):
+            return None
+        path, client_state = self.engine.load_checkpoint(
+            directory, load_optimizer_states=load_optimizer,
+            load_lr_scheduler_states=False)
+        if path is None:
+            raise RuntimeError(f"--load {directory}: DeepSpeed could not load the checkpoint "
+                               f"named in {directory}/latest")
+        if load_optimizer and "lr_scheduler" in client_state:
+            self.scheduler.load_state_dict(client_state["lr_scheduler"])
+        return client_state

@@ -1,0 +1,43 @@
+"""The DeepSpeed config of a run: the user's JSON (ZeRO, dtypes of optimizer state and gradient
+accumulation, ...) completed from the flags, which own batch sizes, precision and clipping."""
+from __future__ import annotations
+
+import copy
+
+from megatron.config.schema import Config
+from megatron.config.validate import check_deepspeed_config, data_parallel_size, \
+    global_batch_size
+
+DEFAULT_ZERO_STAGE = 1  # Megatron-DeepSpeed's default
+
+
+def build_deepspeed_config(cfg: Config, world_size: int) -> dict:
+    t = cfg.training
+    ds = copy.deepcopy(check_deepspeed_config(cfg, world_size) or {})
+    dp = data_parallel_size(cfg, world_size)
+    gbs = global_batch_size(cfg, world_size)
+    ds["train_micro_batch_size_per_gpu"] = t.micro_batch_size
+    ds["gradient_accumulation_steps"] = gbs // (t.micro_batch_size * dp)
+    ds["train_batch_size"] = gbs
+    ds["gradient_clipping"] = cfg.optimizer.clip_grad
+    ds.setdefault("bf16", {})["enabled"] = t.bf16
+    ds.setdefault("fp16", {})["enabled"] = t.fp16
+    if t.fp16:
+        ds["fp16"].setdefault("loss_scale", 0)  # dynamic loss scaling
+        ds["fp16"].setdefault("initial_scale_power", 16)
+    zero = ds.setdefault("zero_optimization", {})
+    if t.zero_stage is not None:
+        zero["stage"] = t.zero_stage
+    zero.setdefault("stage", DEFAULT_ZERO_STAGE)
+    if zero["stage"] == 3:
+        raise ValueError("ZeRO stage 3 is not supported with tensor-parallel layers; use 0, 1 "
+                         "or 2 (--zero-stage or zero_optimization.stage in --deepspeed_config)")
+    ds.setdefault("steps_per_print", 10**9)  # our loop logs; keep DeepSpeed quiet
+    ds.setdefault("wall_clock_breakdown", False)
+    # The optimizer and LR schedule are ours (decoupled weight decay groups, sample-based
+    # schedules); a JSON that defines them would be silently overridden, so refuse it.
+    for key in ("optimizer", "scheduler"):
+        if key in ds:
+            raise ValueError(f"--deepspeed_config: remove the '{key}' section; set it with flags "
+                             f"(--lr, --adam-beta1/2, --weight-decay, --lr-decay-style, ...)")
+    return ds

@@ -1,0 +1,37 @@
+"""The one training-engine interface the loop talks to (DeepSpeed is behind it)."""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+from megatron.data.batch import Batch
+
+
+@dataclass
+class StepResult:
+    loss: float            # mean over the global batch's micro-batches and DP ranks
+    grad_norm: Optional[float]
+    lr: float
+    skipped: bool          # the optimizer did not apply this step (e.g. fp16 overflow)
+
+
+class TrainEngine(abc.ABC):
+    """Owns model, optimizer, precision and parallel communication for training."""
+
+    @abc.abstractmethod
+    def train_step(self, micro_batches: Sequence[Batch], samples: int) -> StepResult:
+        """Forward/backward over one global batch's micro-batches, then one optimizer step;
+        advance the LR schedule by `samples`."""
+
+    @abc.abstractmethod
+    def eval_loss(self, batch: Batch) -> tuple[float, float]:
+        """(sum of token losses, number of tokens) of one micro-batch, without gradients."""
+
+    @abc.abstractmethod
+    def save(self, directory: str, tag: str, client_state: dict) -> None:
+        """Write a checkpoint (model, optimizer, scheduler, client_state) under directory/tag."""
+
+    @abc.abstractmethod
+    def load(self, directory: str, load_optimizer: bool = True) -> Optional[dict]:
+        """Restore the latest checkpoint in directory; return its client_state (None if none)."""

@@ -1,0 +1,151 @@
+"""The training loop: steps, logging, periodic validation and checkpoints, exit conditions."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.distributed as dist
+
+from megatron.config.schema import Config
+from megatron.data.batch import make_batch
+from megatron.eval.perplexity import evaluate_loss
+from megatron.parallel.layout import ParallelLayout
+from megatron.trainer import checkpoint as ckpt
+from megatron.trainer.engine import TrainEngine
+from megatron.trainer.metrics import TensorBoard, flops_per_token, format_log_line, peak_flops
+
+
+@dataclass
+class TrainData:
+    train_loader: object                  # yields this rank's micro-batches from consumed samples
+    make_valid_loader: Optional[Callable]  # () -> a fresh loader over the validation split
+    make_test_loader: Optional[Callable]
+    eod: int
+
+
+def print_rank0(layout: ParallelLayout, *msg) -> None:
+    if layout.rank == 0:
+        print(*msg, flush=True)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, layout: ParallelLayout, engine: TrainEngine, data: TrainData,
+                 gbs: int, total_iters: int, progress: ckpt.Progress):
+        self.cfg, self.layout, self.engine, self.data = cfg, layout, engine, data
+        self.gbs, self.total_iters, self.progress = gbs, total_iters, progress
+        self.accum = gbs // (cfg.training.micro_batch_size * layout.dp)
+        self.tb = TensorBoard(cfg.logging.tensorboard_dir, layout.rank == 0)
+        self.flops_per_token = flops_per_token(cfg.model)
+        self.peak = peak_flops(layout.device)
+        self.history: list[dict] = []  # one entry per logged interval, for callers and tests
+
+    def log(self, *msg) -> None:
+        print_rank0(self.layout, *msg)
+
+    def train(self) -> ckpt.Progress:
+        cfg, p = self.cfg, self.progress
+        seq = cfg.model.seq_length
+        train_iter = iter(self.data.train_loader)
+        start_time = time.monotonic()
+        interval = {"loss": 0.0, "steps": 0, "skipped": 0, "time": 0.0}
+        last_eval = None
+        self.tb.text("config", f"```\n{cfg.to_dict()}\n```")
+        while p.iteration < self.total_iters:
+            t0 = time.perf_counter()
+            micro = [make_batch(next(train_iter), self.data.eod, cfg.data.reset_attention_mask)
+                     for _ in range(self.accum)]
+            result = self.engine.train_step(micro, self.gbs)
+            dt = time.perf_counter() - t0
+            p.iteration += 1
+            p.consumed_samples += self.gbs
+            p.consumed_tokens += self.gbs * seq
+            interval["loss"] += result.loss
+            interval["steps"] += 1
+            interval["skipped"] += int(result.skipped)
+            interval["time"] += dt
+            if p.iteration % cfg.logging.log_interval == 0 or p.iteration == self.total_iters:
+                self._log_interval(interval, result)
+                interval = {"loss": 0.0, "steps": 0, "skipped": 0, "time": 0.0}
+            if cfg.training.eval_interval and p.iteration % cfg.training.eval_interval == 0:
+                last_eval = self.evaluate("validation")
+            if self._should_save_now():
+                self.save()
+            if self._should_exit(start_time):
+                self.log(f"exiting at iteration {p.iteration} (exit condition reached)")
+                if cfg.checkpoint.save:
+                    self.save()
+                return p
+        if last_eval is None or last_eval[0] != p.iteration:
+            self.evaluate("validation")
+        if cfg.checkpoint.save and not (cfg.checkpoint.save_interval and
+                                        p.iteration % cfg.checkpoint.save_interval == 0):
+            self.save()
+        self.evaluate("test")
+        self.tb.close()
+        return p
+
+    def _log_interval(self, interval: dict, result) -> None:
+        p, steps = self.progress, interval["steps"]
+        tokens_per_s = steps * self.gbs * self.cfg.model.seq_length / interval["time"]
+        tflops = tokens_per_s * self.flops_per_token / self.layout.world_size / 1e12
+        values = {
+            "iteration": f"{p.iteration}/{self.total_iters}",
+            "consumed samples": p.consumed_samples, "consumed tokens": p.consumed_tokens,
+            "lr": result.lr, "global batch": self.gbs, "loss": interval["loss"] / steps,
+            "grad norm": result.grad_norm, "skipped": interval["skipped"],
+            "step ms": 1000 * interval["time"] / steps, "tokens/s": tokens_per_s,
+            "TFLOP/s/GPU": tflops if self.layout.device.type == "cuda" else None,
+            "MFU %": 100 * tflops * 1e12 / self.peak if self.peak else None,
+        }
+        if torch.cuda.is_available():
+            values["mem GiB"] = torch.cuda.max_memory_allocated() / 2**30
+        self.log(format_log_line(values))
+        numeric = {k: v for k, v in values.items() if isinstance(v, (int, float))}
+        self.history.append(dict(numeric, iteration=p.iteration))
+        self.tb.scalars({f"train/{k}": v for k, v in numeric.items()}, p.iteration,
+                        p.consumed_samples, p.consumed_tokens)
+
+    def evaluate(self, split: str):
+        make = self.data.make_valid_loader if split == "validation" else \
+            self.data.make_test_loader
+        loader = make() if make else None
+        if loader is None:
+            return None
+        loss = evaluate_loss(self.engine, loader, self.cfg.training.eval_iters, self.data.eod,
+                             self.cfg.data.reset_attention_mask, self.layout)
+        if loss is None:
+            return None
+        ppl = math.exp(min(loss, 50.0))
+        p = self.progress
+        self.log(f"{split} loss at iteration {p.iteration} | lm loss {loss:.4f} | "
+                 f"lm loss PPL {ppl:.3f}")
+        self.history.append({"iteration": p.iteration, f"{split} loss": loss,
+                             f"{split} ppl": ppl})
+        self.tb.scalars({f"{split}/lm loss": loss, f"{split}/lm loss PPL": ppl}, p.iteration,
+                        p.consumed_samples, p.consumed_tokens)
+        return p.iteration, loss
+
+    def _should_save_now(self) -> bool:
+        c = self.cfg.checkpoint
+        return bool(c.save and c.save_interval and self.progress.iteration % c.save_interval == 0)
+
+    def _should_exit(self, start_time: float) -> bool:
+        t = self.cfg.training
+        stop = bool(t.exit_interval and self.progress.iteration % t.exit_interval == 0)
+        if t.exit_duration_in_mins is not None:
+            elapsed = torch.tensor((time.monotonic() - start_time) / 60.0, device=self.layout.device)
+            dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)  # every rank stops at the same step
+            stop = stop or elapsed.item() > t.exit_duration_in_mins
+        return stop
+
+    def save(self) -> None:
+        d, tag = self.cfg.checkpoint.save, ckpt.step_tag(self.progress.iteration)
+        t0 = time.perf_counter()
+        self.engine.save(d, tag, ckpt.client_state(self.cfg, self.progress))
+        if self.layout.rank == 0:
+            ckpt.write_config_json(self.cfg, d, tag)
+        dist.barrier()
+        self.log(f"saved checkpoint {d}/{tag} in {time.perf_counter() - t0:.1f}s")

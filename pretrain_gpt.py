@@ -1,0 +1,79 @@
+"""Pretrain a GPT: flags -> config -> parallel layout -> data -> model -> DeepSpeed engine -> loop.
+
+    python pretrain_gpt.py --num-layers 2 --hidden-size 64 ... (one process), or under torchrun,
+    the deepspeed launcher or srun for TP x PP x DP ranks. `--help` lists every flag.
+"""
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from megatron.config.cli import parse_config
+from megatron.config.validate import ConfigError, global_batch_size, validate_config
+from megatron.data.gpt_datasets import SplitSizes, build_gpt_datasets, make_loader
+from megatron.data.tokenizers import build_tokenizer, padded_vocab_size
+from megatron.model.gpt import GPTModel
+from megatron.parallel.launch import resolve_launch_env
+from megatron.parallel.layout import destroy_parallel, initialize_parallel
+from megatron.trainer import checkpoint as ckpt
+from megatron.trainer.deepspeed_engine import DeepSpeedTrainEngine
+from megatron.trainer.loop import TrainData, Trainer, print_rank0
+from megatron.trainer.schedules import schedule_samples
+
+
+def main(argv=None) -> Trainer:
+    cfg = parse_config(argv)
+    launch = resolve_launch_env()
+    try:
+        validate_config(cfg, launch.world_size)
+    except ConfigError as e:
+        sys.exit(f"pretrain_gpt.py: error: {e}")
+    layout = initialize_parallel(cfg.parallel, launch)
+    print_rank0(layout, layout.describe())
+    d, t = cfg.data, cfg.training
+    tokenizer = build_tokenizer(d.tokenizer_type or "ByteLevelTokenizer",
+                                tokenizer_model=d.tokenizer_model, vocab_file=d.vocab_file,
+                                tokenizer_name_or_path=d.tokenizer_name_or_path,
+                                merge_file=d.merge_file)
+    m = cfg.model
+    cfg = cfg.replace(model={"vocab_size": padded_vocab_size(
+        tokenizer.vocab_size, m.make_vocab_size_divisible_by, layout.tp, m.pad_vocab_size_to)})
+
+    torch.manual_seed(t.seed)  # same full weights on every rank and for every TP size
+    model = GPTModel(cfg.model).to(layout.device)
+    gbs = global_batch_size(cfg, layout.world_size)
+    engine = DeepSpeedTrainEngine(model, cfg, layout, gbs)
+    progress = ckpt.Progress()
+    if cfg.checkpoint.load:
+        state = engine.load(cfg.checkpoint.load, load_optimizer=not cfg.checkpoint.no_load_optim)
+        if state is None:
+            print_rank0(layout, f"--load {cfg.checkpoint.load}: no checkpoint yet, starting fresh")
+        else:
+            ckpt.check_same_model(state, cfg, cfg.checkpoint.load)
+            progress = ckpt.progress_from(state)
+            if not cfg.checkpoint.no_load_rng:
+                ckpt.set_rng_state(state["rng"])
+            print_rank0(layout, f"resumed from iteration {progress.iteration}")
+    print_rank0(layout, f"model: {sum(p.numel() for p in model.parameters()):,} parameters on "
+                        f"this rank; global batch {gbs}; vocab {cfg.model.vocab_size}")
+
+    train_samples, _, _ = schedule_samples(cfg, gbs)
+    total_iters = train_samples // gbs
+    evals = (total_iters // t.eval_interval + 1) if t.eval_interval else 1
+    sizes = SplitSizes(train_samples, evals * t.eval_iters * gbs, t.eval_iters * gbs)
+    train_ds, valid_ds, test_ds = build_gpt_datasets(d, tokenizer, m.seq_length, t.seed, sizes)
+    loader = lambda ds, consumed: make_loader(ds, consumed, t.micro_batch_size, layout.dp_rank,
+                                              layout.dp, d.num_workers)
+    data = TrainData(train_loader=loader(train_ds, progress.consumed_samples),
+                     make_valid_loader=(lambda: loader(valid_ds, 0)) if valid_ds else None,
+                     make_test_loader=(lambda: loader(test_ds, 0)) if test_ds else None,
+                     eod=tokenizer.eod)
+    trainer = Trainer(cfg, layout, engine, data, gbs, total_iters, progress)
+    trainer.train()
+    return trainer
+
+
+if __name__ == "__main__":
+    main()
+    destroy_parallel()

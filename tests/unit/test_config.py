@@ -1,0 +1,181 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from megatron.config.cli import build_parser, parse_config
+from megatron.config.schema import Config
+from megatron.config.validate import ConfigError, validate_config
+
+TRAIN = ["--train-iters", "10", "--mock-data"]
+
+
+def test_megatron_deepspeed_flags_map_to_config_fields():
+    cfg = parse_config([
+        "--num-layers", "6", "--hidden-size", "96", "--num-attention-heads", "6",
+        "--seq-length", "256", "--max-position-embeddings", "512",
+        "--tensor-model-parallel-size", "2", "--micro-batch-size", "3",
+        "--global-batch-size", "12", "--lr", "6e-5", "--min-lr", "6e-6",
+        "--lr-decay-style", "cosine", "--lr-warmup-samples", "100", "--clip-grad", "0.5",
+        "--weight-decay", "0.1", "--adam-beta1", "0.85", "--adam-beta2", "0.95",
+        "--adam-eps", "1e-6", "--bf16", "--seed", "42", "--split", "949,50,1",
+        "--data-path", "0.7", "a_text_document", "0.3", "b_text_document",
+        "--position-embedding-type", "alibi", "--glu-activation", "geglu", "--embed-layernorm",
+        "--init-method-std", "0.0048", "--deepspeed", "--deepspeed_config", "x.json",
+        "--zero-stage", "1", "--save", "ck", "--load", "ck", "--save-interval", "5",
+        "--eval-interval", "7", "--eval-iters", "3", "--log-interval", "2",
+        "--tensorboard-dir", "tb", "--exit-duration-in-mins", "30", "--train-samples", "99",
+        "--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", "spm.model",
+        "--disable-bias-linear", "--untie-embeddings-and-output-weights"])
+    m, t, o, d = cfg.model, cfg.training, cfg.optimizer, cfg.data
+    assert (m.num_layers, m.hidden_size, m.num_attention_heads) == (6, 96, 6)
+    assert (m.seq_length, m.max_positions) == (256, 512)
+    assert (m.position_embedding_type, m.glu_activation, m.embed_layernorm) == \
+        ("alibi", "geglu", True)
+    assert m.init_method_std == 0.0048 and not m.add_bias_linear
+    assert m.untie_embeddings_and_output_weights
+    assert cfg.parallel.tensor_model_parallel_size == 2
+    assert (t.micro_batch_size, t.global_batch_size, t.bf16, t.seed) == (3, 12, True, 42)
+    assert (t.lr_warmup_samples, t.train_samples, t.zero_stage) == (100, 99, 1)
+    assert t.deepspeed_config == "x.json" and t.exit_duration_in_mins == 30
+    assert (o.lr, o.min_lr, o.clip_grad, o.weight_decay) == (6e-5, 6e-6, 0.5, 0.1)
+    assert (o.adam_beta1, o.adam_beta2, o.adam_eps) == (0.85, 0.95, 1e-6)
+    assert d.data_path == ("0.7", "a_text_document", "0.3", "b_text_document")
+    assert (d.split, d.tokenizer_model) == ("949,50,1", "spm.model")
+    assert (cfg.checkpoint.save, cfg.checkpoint.save_interval) == ("ck", 5)
+    assert (cfg.logging.log_interval, cfg.logging.tensorboard_dir) == (2, "tb")
+
+
+@pytest.mark.parametrize("flag,value", [("absolute", "learned_absolute"), ("rotary", "rope"),
+                                        ("rope", "rope"), ("sinusoidal", "sinusoidal")])
+def test_position_embedding_aliases(flag, value):
+    cfg = parse_config(["--position-embedding-type", flag])
+    assert cfg.model.position_embedding_type == value
+
+
+def test_swiglu_and_openai_gelu_shortcuts():
+    cfg = parse_config(["--swiglu", "--openai-gelu"])
+    assert cfg.model.glu_activation == "swiglu" and cfg.model.activation == "gelu_tanh"
+
+
+def test_unknown_flag_suggests_closest(capsys):
+    with pytest.raises(SystemExit):
+        parse_config(["--num-layer", "2"])
+    assert "unknown flag --num-layer (did you mean --num-layers?)" in capsys.readouterr().err
+
+
+def test_every_flag_has_help_text():
+    parser = build_parser()
+    for action in parser._actions:
+        if action.option_strings:
+            assert action.help and len(action.help) > 5, action.option_strings
+
+
+def test_help_runs_and_lists_flags():
+    out = subprocess.run([sys.executable, "pretrain_gpt.py", "--help"], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    for flag in ("--tensor-model-parallel-size", "--deepspeed_config", "--rampup-batch-size",
+                 "--glu-activation", "--exit-duration-in-mins"):
+        assert flag in out.stdout
+
+
+def test_cli_reference_in_sync():
+    out = subprocess.run([sys.executable, "tools/gen_cli_reference.py", "--check"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_config_round_trips_through_dict():
+    cfg = parse_config(["--data-path", "1", "x", "--rampup-batch-size", "4", "4", "100"])
+    again = Config.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again == cfg
+
+
+def _error(argv, world_size=1):
+    with pytest.raises(ConfigError) as e:
+        validate_config(parse_config(argv), world_size)
+    return str(e.value)
+
+
+def test_heads_not_divisible_by_tp():
+    msg = _error(TRAIN + ["--num-attention-heads", "6", "--hidden-size", "96",
+                          "--tensor-model-parallel-size", "4"], world_size=4)
+    assert "--num-attention-heads 6" in msg and "--tensor-model-parallel-size 4" in msg
+
+
+def test_hidden_not_divisible_by_heads():
+    msg = _error(TRAIN + ["--hidden-size", "100", "--num-attention-heads", "8"])
+    assert "--hidden-size 100" in msg and "--num-attention-heads 8" in msg
+
+
+def test_layers_not_divisible_by_pp():
+    cfg = parse_config(TRAIN + ["--num-layers", "3", "--pipeline-model-parallel-size", "2"])
+    from megatron.config.validate import check_model_shape
+    with pytest.raises(ConfigError, match="--num-layers 3 .*--pipeline-model-parallel-size 2"):
+        check_model_shape(cfg)
+
+
+def test_global_batch_not_divisible_by_micro_times_dp():
+    msg = _error(TRAIN + ["--micro-batch-size", "3", "--global-batch-size", "8"], world_size=2)
+    assert "--global-batch-size 8" in msg and "--micro-batch-size 3" in msg
+    assert "data-parallel size 2" in msg
+
+
+def test_world_size_not_tp_times_pp_times_dp():
+    msg = _error(TRAIN + ["--tensor-model-parallel-size", "2"], world_size=3)
+    assert "world size 3" in msg and "--tensor-model-parallel-size 2" in msg
+
+
+def test_deepspeed_config_batch_contradiction(tmp_path):
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps({"train_batch_size": 64, "train_micro_batch_size_per_gpu": 2}))
+    msg = _error(TRAIN + ["--micro-batch-size", "2", "--global-batch-size", "32",
+                          "--deepspeed_config", str(path)])
+    assert "train_batch_size = 64" in msg and "--global-batch-size = 32" in msg
+
+
+def test_deepspeed_config_precision_contradiction(tmp_path):
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps({"bf16": {"enabled": True}}))
+    msg = _error(TRAIN + ["--deepspeed_config", str(path)])
+    assert "bf16.enabled" in msg and "--bf16" in msg
+
+
+def test_deepspeed_config_missing_or_invalid(tmp_path):
+    assert "no such file" in _error(TRAIN + ["--deepspeed_config", str(tmp_path / "nope.json")])
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    assert "not valid JSON" in _error(TRAIN + ["--deepspeed_config", str(bad)])
+
+
+def test_missing_data_files_named(tmp_path):
+    (tmp_path / "corpus_text_document.bin").write_bytes(b"")
+    prefix = str(tmp_path / "corpus_text_document")
+    msg = _error(["--train-iters", "1", "--data-path", prefix, "--tokenizer-type",
+                  "ByteLevelTokenizer"])
+    assert prefix + ".idx" in msg and ".bin," not in msg
+
+
+def test_train_length_required():
+    assert "--train-iters" in _error(["--mock-data"])
+
+
+@pytest.mark.parametrize("argv,flag", [
+    (["--rampup-batch-size", "4", "4", "100"], "--rampup-batch-size"),
+    (["--sequence-parallel"], "--sequence-parallel"),
+    (["--checkpoint-activations"], "--checkpoint-activations"),
+])
+def test_flags_of_later_features_fail_clearly(argv, flag):
+    msg = _error(TRAIN + argv)
+    assert flag in msg and "not implemented yet" in msg
+
+
+def test_pretrain_cli_reports_config_errors_without_traceback():
+    out = subprocess.run([sys.executable, "pretrain_gpt.py", "--mock-data", "--train-iters", "1",
+                          "--hidden-size", "100", "--num-attention-heads", "8"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0
+    assert "error: --hidden-size 100 is not divisible by --num-attention-heads 8" in out.stderr
+    assert "Traceback" not in out.stderr
