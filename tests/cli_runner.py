@@ -1,0 +1,37 @@
+"""Run the project's command-line tools and pretrain_gpt.py in subprocesses, as a user would."""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(cmd, timeout=600, env=None, check=True):
+    full_env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                         env=full_env)
+    if check and out.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, cmd))} failed ({out.returncode}):\n"
+                             f"{out.stdout[-4000:]}\n{out.stderr[-4000:]}")
+    return out
+
+
+LOG_LINE = re.compile(r"iteration (\d+)/\d+ \|.*?\| loss ([0-9.]+) \|")
+
+
+def losses(stdout: str) -> dict[int, float]:
+    return {int(i): float(v) for i, v in LOG_LINE.findall(stdout)}
+
+
+def pretrain(data, nproc, *flags, timeout=600, env=None, check=True):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc-per-node={nproc}", "pretrain_gpt.py",
+           "--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4",
+           "--seq-length", "32", "--lr", "3e-3", "--lr-warmup-iters", "2",
+           "--hidden-dropout", "0", "--attention-dropout", "0", "--log-interval", "1",
+           "--data-path", data["prefix"], "--split", "90,9,1",
+           "--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", data["spm"],
+           "--deepspeed_config", "ds_configs/zero1.json", *flags]
+    return run(cmd, timeout=timeout, env=env, check=check)

@@ -1,0 +1,58 @@
+"""pretrain_gpt.py end to end on real text: training, parallel layouts, checkpoint and resume."""
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from cli_runner import losses, pretrain
+
+pytestmark = pytest.mark.slow
+
+
+def test_two_rank_data_parallel_run_learns_saves_and_resumes(tiny_data, tmp_path):
+    ck = tmp_path / "ck"
+    first = pretrain(tiny_data, 2, "--micro-batch-size", "4", "--global-batch-size", "16",
+                     "--train-iters", "40", "--eval-interval", "20", "--eval-iters", "2",
+                     "--save", str(ck), "--save-interval", "20")
+    out = first.stdout
+    assert "layout TP1 x PP1 x DP2 = 2 ranks" in out
+    curve = losses(out)
+    assert sorted(curve) == list(range(1, 41))
+    assert curve[1] == pytest.approx(math.log(512), rel=0.1)  # starts near ln(padded vocab)
+    assert sum(curve[i] for i in range(36, 41)) / 5 < 0.85 * curve[1]
+    assert "tokens/s" in out and "validation loss at iteration 40" in out
+    assert "test loss at iteration 40" in out
+    latest = (ck / "latest").read_text().strip()
+    assert latest == "global_step40"
+    saved = json.loads((ck / latest / "config.json").read_text())
+    assert saved["model"]["vocab_size"] == 512 and saved["training"]["train_iters"] == 40
+
+    resumed = pretrain(tiny_data, 2, "--micro-batch-size", "4", "--global-batch-size", "16",
+                       "--train-iters", "44", "--eval-interval", "100", "--eval-iters", "2",
+                       "--load", str(ck))
+    assert "resumed from iteration 40" in resumed.stdout
+    after = losses(resumed.stdout)
+    assert sorted(after) == [41, 42, 43, 44]
+    assert all(v < curve[1] * 0.9 for v in after.values())  # continued, not restarted
+
+
+def test_tensor_and_data_parallel_runs_match_single_process(tiny_data):
+    """Same seed and data: TP2 and DP2 give the single-process per-step losses (fp32)."""
+    common = ("--global-batch-size", "8", "--train-iters", "4", "--eval-iters", "1",
+              "--eval-interval", "100")
+    single = losses(pretrain(tiny_data, 1, "--micro-batch-size", "8", *common).stdout)
+    tp2 = losses(pretrain(tiny_data, 2, "--micro-batch-size", "8",
+                          "--tensor-model-parallel-size", "2", *common).stdout)
+    dp2 = losses(pretrain(tiny_data, 2, "--micro-batch-size", "2", *common).stdout)
+    assert sorted(single) == [1, 2, 3, 4]
+    for other in (tp2, dp2):
+        for i in single:
+            assert other[i] == pytest.approx(single[i], rel=1e-4, abs=1e-4)
+
+
+def test_missing_data_file_is_a_clear_error(tiny_data, tmp_path):
+    out = pretrain(dict(tiny_data, prefix=str(tmp_path / "nope_text_document")), 1,
+                   "--train-iters", "1", check=False)
+    assert out.returncode != 0
+    assert f"--data-path {tmp_path / 'nope_text_document'}: missing" in out.stderr
