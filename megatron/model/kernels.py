@@ -1,0 +1,89 @@
+"""Core attention kernels, interchangeable: eager (reference), torch SDPA, FlexAttention.
+
+All take q, k, v (B, nh, T, hs) and return (B, nh, T, hs). `mask` is masks.dense_mask's bool
+tensor (None = plain causal), `bias` an additive (B, nh, T, T) ALiBi bias or None.
+"""
+from __future__ import annotations
+
+import functools
+import warnings
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+KERNELS = ("auto", "eager", "sdpa", "flex")
+
+
+def choose_kernel(requested: str, *, device_type: str, plain_causal: bool, has_alibi: bool,
+                  dropout_active: bool) -> str:
+    """Resolve "auto": SDPA on CPU (FlexAttention has no fused CPU kernel without compiling);
+    on CUDA SDPA's fused causal kernel for plain causal, FlexAttention for other masks/ALiBi,
+    except with attention dropout, which FlexAttention does not implement."""
+    if requested != "auto":
+        return requested
+    if device_type != "cuda" or (plain_causal and not has_alibi) or dropout_active:
+        return "sdpa"
+    return "flex"
+
+
+def eager_attention(q, k, v, *, mask: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+                    scale: float, softmax_in_fp32: bool, layer_scale: float = 1.0,
+                    dropout=lambda p: p):
+    """Reference math. layer_scale > 1 is Megatron's query-key layer scaling: scores are divided
+    by it before the (fp32) softmax input is formed and multiplied back in fp32, the same value
+    with less fp16 overflow."""
+    T = q.shape[-2]
+    scores = torch.matmul(q, k.transpose(-2, -1)) * (scale / layer_scale)  # (B, nh, T, T)
+    if softmax_in_fp32 or layer_scale != 1.0:
+        scores = scores.float()
+    scores = scores * layer_scale
+    if bias is not None:
+        scores = scores + bias.to(scores.dtype)
+    if mask is None:
+        mask = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+    scores = scores.masked_fill(~mask, float("-inf"))
+    probs = torch.softmax(scores, dim=-1).to(v.dtype)
+    probs = dropout(probs)
+    return torch.matmul(probs, v)  # (B, nh, T, hs)
+
+
+def sdpa_attention(q, k, v, *, mask: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+                   scale: float, dropout_p: float = 0.0):
+    """torch SDPA: is_causal for plain causal, else a bool mask, or an additive one with ALiBi."""
+    if mask is None and bias is None:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True,
+                                              scale=scale)
+    if mask is None:
+        T = q.shape[-2]
+        mask = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()[None, None]
+    attn_mask = mask
+    if bias is not None:
+        attn_mask = bias.to(q.dtype).masked_fill(~mask, float("-inf"))  # (B, nh, T, T)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p,
+                                          scale=scale)
+
+
+@functools.cache
+def _compiled_flex():
+    from torch.nn.attention.flex_attention import flex_attention
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def flex_attention(q, k, v, *, block_mask, scale: float, alibi_slopes: Optional[torch.Tensor] = None,
+                   position_ids: Optional[torch.Tensor] = None):
+    """FlexAttention with a BlockMask (masks.block_mask) and ALiBi as a score_mod.
+
+    Compiled on CUDA; on CPU it runs torch's unfused reference path (correct, not fast)."""
+    from torch.nn.attention.flex_attention import flex_attention as flex
+    score_mod = None
+    if alibi_slopes is not None:
+        slopes, pos = alibi_slopes.float(), position_ids.float()
+
+        def score_mod(score, b, h, q_idx, kv_idx):
+            return score - slopes[h] * (pos[b, q_idx] - pos[b, kv_idx]).abs()
+    if q.is_cuda:
+        return _compiled_flex()(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale)
+    with warnings.catch_warnings():  # the "called without torch.compile" notice, expected here
+        warnings.simplefilter("ignore", UserWarning)
+        return flex(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale)

@@ -1,0 +1,71 @@
+"""TP-aware dropout randomness: one RNG stream per region.
+
+- "replicated": activations that are identical on every TP rank (embeddings, residual stream).
+  Same seed on all TP ranks (and for every TP size), so their dropout masks agree.
+- "sharded": activations split across TP ranks (attention probabilities of this rank's heads).
+  Seed differs per TP rank (seed + 2718 + tp_rank, megatron-core's convention).
+
+On CUDA this delegates to megatron-core's RNG tracker (its "model-parallel-rng" state is the
+sharded stream, the default CUDA generator the replicated one), so megatron-core's activation
+checkpointing restores it. That tracker only forks CUDA generators, hence this CPU version,
+which swaps the default CPU generator's state in and out the same way.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+SHARDED_SEED_OFFSET = 2718  # megatron-core's offset for the tensor-model-parallel stream
+
+
+class DropoutRNG:
+    """Forks the default generator into the "replicated" or "sharded" stream for a region."""
+
+    def __init__(self, seed: int, tp_rank: int):
+        self.use_cuda = torch.cuda.is_available()
+        if self.use_cuda:
+            from megatron.core.tensor_parallel import random as mcore_random
+            tracker = mcore_random.get_cuda_rng_tracker()
+            if not tracker.is_initialized():  # the trainer may have seeded it already
+                mcore_random.model_parallel_cuda_manual_seed(seed, tp_rank=tp_rank)
+            self._tracker = tracker
+            self._states = {}
+        else:
+            self._states = {"replicated": _cpu_state(seed),
+                            "sharded": _cpu_state(seed + SHARDED_SEED_OFFSET + tp_rank)}
+
+    @contextlib.contextmanager
+    def fork(self, region: str):
+        if region not in ("replicated", "sharded"):
+            raise ValueError(f"unknown RNG region {region!r}")
+        if self.use_cuda:
+            ctx = self._tracker.fork() if region == "sharded" else contextlib.nullcontext()
+            with ctx:
+                yield
+            return
+        outer = torch.get_rng_state()
+        torch.set_rng_state(self._states[region])
+        try:
+            yield
+        finally:
+            self._states[region] = torch.get_rng_state()
+            torch.set_rng_state(outer)
+
+    def get_states(self) -> dict:
+        return dict(self._states)
+
+    def set_states(self, states: dict) -> None:
+        self._states.update(states)
+
+
+def _cpu_state(seed: int) -> torch.Tensor:
+    return torch.Generator().manual_seed(seed).get_state()
+
+
+def dropout(x: torch.Tensor, p: float, training: bool, rng: DropoutRNG, region: str):
+    """F.dropout drawing from `region`'s stream; a no-op (no RNG use) when p == 0 or eval."""
+    if p == 0.0 or not training:
+        return x
+    with rng.fork(region):
+        return torch.nn.functional.dropout(x, p, training=True)

@@ -1,0 +1,55 @@
+"""Start-up checks of a ModelConfig against the TP size; errors name the flags and values."""
+from __future__ import annotations
+
+from megatron.model.kernels import KERNELS
+from megatron.model.mlp import ACTIVATIONS, GLU_ACTIVATIONS
+
+POSITION_TYPES = ("learned_absolute", "sinusoidal", "rope", "alibi", "none")
+NORMS = ("LayerNorm", "RMSNorm")
+
+
+def check_model_config(cfg, tp_size: int = 1) -> None:
+    errors = []
+    pe = cfg.position_embedding_type
+    if pe not in POSITION_TYPES:
+        errors.append(f"--position-embedding-type {pe!r} is unknown; choose one of {POSITION_TYPES}")
+    if pe == "alibi" and cfg.rotary_percent != 1.0:
+        errors.append(f"--position-embedding-type alibi does not use rotary embeddings, but "
+                      f"--rotary-percent is set to {cfg.rotary_percent}")
+    if not 0.0 < cfg.rotary_percent <= 1.0:
+        errors.append(f"--rotary-percent {cfg.rotary_percent} must be in (0, 1]")
+    if cfg.glu_activation is not None and cfg.glu_activation not in GLU_ACTIVATIONS:
+        errors.append(f"--glu-activation {cfg.glu_activation!r} is unknown; choose one of "
+                      f"{tuple(GLU_ACTIVATIONS)}")
+    if cfg.activation not in ACTIVATIONS:
+        errors.append(f"--activation {cfg.activation!r} is unknown; choose one of {tuple(ACTIVATIONS)}")
+    if cfg.normalization not in NORMS:
+        errors.append(f"--normalization {cfg.normalization!r} is unknown; choose one of {NORMS}")
+    if cfg.attention_kernel not in KERNELS:
+        errors.append(f"--attention-kernel {cfg.attention_kernel!r} is unknown; choose one of {KERNELS}")
+    if cfg.attention_kernel == "flex" and cfg.attention_dropout > 0:
+        errors.append(f"--attention-kernel flex does not implement attention dropout, but "
+                      f"--attention-dropout is {cfg.attention_dropout}; use sdpa/eager or set it to 0")
+    heads, hidden = cfg.num_attention_heads, cfg.hidden_size
+    if heads < 1 or hidden % heads:
+        errors.append(f"--hidden-size {hidden} is not divisible by --num-attention-heads {heads}")
+    elif pe == "rope" and 0.0 < cfg.rotary_percent <= 1.0:
+        rot = int(cfg.head_dim * cfg.rotary_percent)
+        if rot < 2 or rot % 2:
+            errors.append(f"--rotary-percent {cfg.rotary_percent} x head dim {cfg.head_dim} "
+                          f"(--hidden-size {hidden} / --num-attention-heads {heads}) gives {rot} "
+                          f"rotary dims; it must be even and at least 2")
+    if tp_size < 1 or heads % tp_size:
+        errors.append(f"--num-attention-heads {heads} is not divisible by "
+                      f"--tensor-model-parallel-size {tp_size}")
+    if tp_size >= 1 and cfg.ffn_size % tp_size:
+        errors.append(f"FFN size {cfg.ffn_size} (--ffn-hidden-size {cfg.ffn_hidden_size}) is not "
+                      f"divisible by --tensor-model-parallel-size {tp_size}")
+    if cfg.vocab_size <= 0 or (tp_size >= 1 and cfg.vocab_size % tp_size):
+        errors.append(f"padded vocab size {cfg.vocab_size} must be positive and divisible by "
+                      f"--tensor-model-parallel-size {tp_size}")
+    for name in ("hidden_dropout", "attention_dropout"):
+        if not 0.0 <= getattr(cfg, name) < 1.0:
+            errors.append(f"--{name.replace('_', '-')} {getattr(cfg, name)} must be in [0, 1)")
+    if errors:
+        raise ValueError("invalid model config: " + "; ".join(errors))

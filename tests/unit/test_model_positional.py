@@ -1,0 +1,61 @@
+"""ALiBi slopes (vs BLOOM's published formula and transformers), RoPE and sinusoidal basics."""
+import math
+
+import pytest
+import torch
+
+from megatron.model.positional import (alibi_bias, alibi_slopes, apply_rotary, rotary_cos_sin,
+                                       sinusoidal_embedding)
+
+
+def _bloom_formula(n):
+    """BLOOM / ALiBi-paper slopes written out independently (closed form, not recursive)."""
+    p = 2 ** math.floor(math.log2(n))
+    base = 2 ** (-(2 ** -(math.log2(p) - 3)))
+    slopes = [base ** k for k in range(1, p + 1)]
+    if p != n:
+        extra = 2 ** (-(2 ** -(math.log2(2 * p) - 3)))
+        slopes += [extra ** k for k in range(1, 2 * min(p, n - p), 2)]
+    return torch.tensor(slopes)
+
+
+@pytest.mark.parametrize("heads", [12, 16, 30, 112])
+def test_alibi_slopes_match_bloom(heads):
+    from transformers.models.bloom.modeling_bloom import build_alibi_tensor
+    ours = alibi_slopes(heads)
+    assert ours.shape == (heads,)
+    torch.testing.assert_close(ours, _bloom_formula(heads).float(), rtol=1e-6, atol=0)
+    hf = build_alibi_tensor(torch.ones(1, 4), heads, torch.float32)  # (nh, 1, T) = slope * k
+    torch.testing.assert_close(ours, hf[:, 0, 1], rtol=1e-6, atol=0)
+
+
+def test_alibi_bias_equals_bloom_up_to_row_constant_under_causal_mask():
+    from transformers.models.bloom.modeling_bloom import build_alibi_tensor
+    nh, T = 6, 7
+    ours = alibi_bias(alibi_slopes(nh), torch.arange(T)[None])[0]  # (nh, T, T)
+    hf = build_alibi_tensor(torch.ones(1, T), nh, torch.float32)  # (nh, 1, T)
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    p_ours = torch.softmax(ours.masked_fill(~causal, -torch.inf), -1)
+    p_hf = torch.softmax(hf.expand(nh, T, T).masked_fill(~causal, -torch.inf), -1)
+    torch.testing.assert_close(p_ours, p_hf)
+
+
+def test_rotary_partial_rotates_only_leading_dims_and_preserves_relative_scores():
+    B, nh, T, hs, rot = 1, 2, 6, 8, 4
+    q, k = torch.randn(B, nh, T, hs), torch.randn(B, nh, T, hs)
+    cos, sin = rotary_cos_sin(torch.arange(T)[None], rot, 10000.0)
+    qr, kr = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+    torch.testing.assert_close(qr[..., rot:], q[..., rot:])
+    # shifting all positions leaves q.k unchanged (relative encoding)
+    cos2, sin2 = rotary_cos_sin(torch.arange(T)[None] + 5, rot, 10000.0)
+    s1 = apply_rotary(q, cos, sin) @ apply_rotary(k, cos, sin).transpose(-1, -2)
+    s2 = apply_rotary(q, cos2, sin2) @ apply_rotary(k, cos2, sin2).transpose(-1, -2)
+    torch.testing.assert_close(s1, s2, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(qr[..., :rot], q[..., :rot])
+
+
+def test_sinusoidal_layout():
+    pe = sinusoidal_embedding(torch.arange(3)[None], 8, torch.float32)[0]
+    assert pe.shape == (3, 8)
+    torch.testing.assert_close(pe[0], torch.tensor([0.0] * 4 + [1.0] * 4))
+    torch.testing.assert_close(pe[2, 0], torch.tensor(math.sin(2.0)))
