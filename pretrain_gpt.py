@@ -17,6 +17,7 @@ from megatron.model.gpt import GPTModel
 from megatron.parallel.launch import resolve_launch_env
 from megatron.parallel.layout import destroy_parallel, initialize_parallel
 from megatron.trainer import checkpoint as ckpt
+from megatron.trainer.batch_schedule import build_batch_calculator, train_iterations
 from megatron.trainer.deepspeed_engine import DeepSpeedTrainEngine
 from megatron.trainer.loop import TrainData, Trainer, print_rank0
 from megatron.trainer.schedules import schedule_samples
@@ -58,8 +59,11 @@ def main(argv=None) -> Trainer:
     print_rank0(layout, f"model: {sum(p.numel() for p in model.parameters()):,} parameters on "
                         f"this rank; global batch {gbs}; vocab {cfg.model.vocab_size}")
 
-    train_samples, _, _ = schedule_samples(cfg, gbs)
-    total_iters = train_samples // gbs
+    calc = build_batch_calculator(cfg, gbs, layout.dp, layout.rank)
+    if t.train_iters is not None:
+        total_iters, train_samples = t.train_iters, t.train_iters * gbs  # no rampup with iters
+    else:
+        total_iters, train_samples = train_iterations(calc, schedule_samples(cfg, gbs)[0])
     evals = (total_iters // t.eval_interval + 1) if t.eval_interval else 1
     sizes = SplitSizes(train_samples, evals * t.eval_iters * gbs, t.eval_iters * gbs)
     train_ds, valid_ds, test_ds = build_gpt_datasets(d, tokenizer, m.seq_length, t.seed, sizes)
@@ -69,7 +73,7 @@ def main(argv=None) -> Trainer:
                      make_valid_loader=(lambda: loader(valid_ds, 0)) if valid_ds else None,
                      make_test_loader=(lambda: loader(test_ds, 0)) if test_ds else None,
                      eod=tokenizer.eod)
-    trainer = Trainer(cfg, layout, engine, data, gbs, total_iters, progress)
+    trainer = Trainer(cfg, layout, engine, data, calc, total_iters, progress)
     trainer.train()
     return trainer
 

@@ -17,7 +17,6 @@ NOT_IMPLEMENTED_YET = {
     ("parallel", "pipeline_model_parallel_size"): (1, "--pipeline-model-parallel-size > 1",
                                                    "3D parallelism (pipeline engine)"),
     ("parallel", "sequence_parallel"): (False, "--sequence-parallel", "3D parallelism"),
-    ("training", "rampup_batch_size"): (None, "--rampup-batch-size", "the training-loop issue"),
     ("training", "lr_decay_tokens"): (None, "--lr-decay-tokens", "the training-loop issue"),
     ("training", "checkpoint_activations"): (False, "--checkpoint-activations",
                                              "3D parallelism (activation checkpointing)"),
@@ -87,8 +86,32 @@ def check_batch(cfg: Config, world_size: int) -> None:
     if (t.train_iters is None) == (t.train_samples is None):
         raise ConfigError("give exactly one of --train-iters and --train-samples "
                           f"(got --train-iters {t.train_iters}, --train-samples {t.train_samples})")
+    if t.rampup_batch_size is not None:
+        check_rampup(cfg, gbs, t.micro_batch_size * dp)
     if t.bf16 and t.fp16:
         raise ConfigError("--bf16 and --fp16 are mutually exclusive")
+
+
+def check_rampup(cfg: Config, gbs: int, mbs_times_dp: int) -> None:
+    t = cfg.training
+    start, increment, samples = t.rampup_batch_size
+    flag = f"--rampup-batch-size {start} {increment} {samples}"
+    if start < 1 or increment < 1 or samples < 0 or start > gbs:
+        raise ConfigError(f"{flag}: need 1 <= START <= --global-batch-size {gbs}, INCREMENT >= 1 "
+                          f"and SAMPLES >= 0")
+    if (gbs - start) % increment:
+        raise ConfigError(f"{flag}: --global-batch-size {gbs} minus START {start} is not a "
+                          f"multiple of INCREMENT {increment}")
+    if start % mbs_times_dp or increment % mbs_times_dp:
+        raise ConfigError(f"{flag}: START and INCREMENT must be multiples of --micro-batch-size "
+                          f"x data-parallel size = {mbs_times_dp}")
+    iter_flags = [f for f, v in (("--train-iters", t.train_iters),
+                                 ("--lr-warmup-iters", t.lr_warmup_iters),
+                                 ("--lr-decay-iters", t.lr_decay_iters)) if v]
+    if iter_flags:
+        raise ConfigError(f"{flag}: steps have different sizes during rampup, so give lengths in "
+                          f"samples (--train-samples, --lr-warmup-samples/--lr-warmup-fraction, "
+                          f"--lr-decay-samples) instead of {', '.join(iter_flags)}")
 
 
 def check_deepspeed_config(cfg: Config, world_size: int) -> Optional[dict]:

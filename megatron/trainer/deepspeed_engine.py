@@ -71,7 +71,10 @@ class DeepSpeedTrainEngine(TrainEngine):
                              f"{self.grad_accum} per step")
         self.engine.train()
         total = torch.zeros((), dtype=torch.float32, device=self.layout.device)
-        for mb in micro_batches:
+        for i, mb in enumerate(micro_batches):
+            # Say where the boundary is: DeepSpeed's own count of micro-steps goes out of phase
+            # when the accumulation steps change (batch-size rampup).
+            self.engine.set_gradient_accumulation_boundary(i == len(micro_batches) - 1)
             loss = self._loss(mb)
             self.engine.backward(loss)
             self.engine.step()  # applies the update only at the accumulation boundary
@@ -85,6 +88,11 @@ class DeepSpeedTrainEngine(TrainEngine):
         norm = self.engine.get_global_grad_norm()
         return StepResult(loss=mean_loss.item(), grad_norm=None if norm is None else float(norm),
                           lr=self.current_lr(), skipped=skipped)
+
+    def set_global_batch_size(self, global_batch_size: int) -> None:
+        if global_batch_size != self.engine.train_batch_size():
+            self.engine.set_train_batch_size(global_batch_size)
+        self.grad_accum = self.engine.gradient_accumulation_steps()
 
     def current_lr(self) -> float:
         return self.scheduler.optimizer.param_groups[0]["lr"]

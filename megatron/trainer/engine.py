@@ -25,6 +25,10 @@ class TrainEngine(abc.ABC):
         advance the LR schedule by `samples`."""
 
     @abc.abstractmethod
+    def set_global_batch_size(self, global_batch_size: int) -> None:
+        """Samples per optimizer step from now on (batch-size rampup); micro-batch size fixed."""
+
+    @abc.abstractmethod
     def eval_loss(self, batch: Batch) -> tuple[float, float]:
         """(sum of token losses, number of tokens) of one micro-batch, without gradients."""
 

@@ -14,6 +14,7 @@ from megatron.data.batch import make_batch
 from megatron.eval.perplexity import evaluate_loss
 from megatron.parallel.layout import ParallelLayout
 from megatron.trainer import checkpoint as ckpt
+from megatron.trainer.batch_schedule import batch_size_at
 from megatron.trainer.engine import TrainEngine
 from megatron.trainer.metrics import TensorBoard, flops_per_token, format_log_line, peak_flops
 
@@ -26,6 +27,10 @@ class TrainData:
     eod: int
 
 
+def _new_interval() -> dict:
+    return {"loss": 0.0, "steps": 0, "samples": 0, "skipped": 0, "time": 0.0}
+
+
 def print_rank0(layout: ParallelLayout, *msg) -> None:
     if layout.rank == 0:
         print(*msg, flush=True)
@@ -33,14 +38,14 @@ def print_rank0(layout: ParallelLayout, *msg) -> None:
 
 class Trainer:
     def __init__(self, cfg: Config, layout: ParallelLayout, engine: TrainEngine, data: TrainData,
-                 gbs: int, total_iters: int, progress: ckpt.Progress):
+                 batch_calculator, total_iters: int, progress: ckpt.Progress):
         self.cfg, self.layout, self.engine, self.data = cfg, layout, engine, data
-        self.gbs, self.total_iters, self.progress = gbs, total_iters, progress
-        self.accum = gbs // (cfg.training.micro_batch_size * layout.dp)
+        self.calc, self.total_iters, self.progress = batch_calculator, total_iters, progress
         self.tb = TensorBoard(cfg.logging.tensorboard_dir, layout.rank == 0)
         self.flops_per_token = flops_per_token(cfg.model)
         self.peak = peak_flops(layout.device)
         self.history: list[dict] = []  # one entry per logged interval, for callers and tests
+        self.batch_sizes: list[int] = []  # global batch size of each step run
 
     def log(self, *msg) -> None:
         print_rank0(self.layout, *msg)
@@ -50,25 +55,30 @@ class Trainer:
         seq = cfg.model.seq_length
         train_iter = iter(self.data.train_loader)
         start_time = time.monotonic()
-        interval = {"loss": 0.0, "steps": 0, "skipped": 0, "time": 0.0}
+        interval = _new_interval()
         last_eval = None
         self.tb.text("config", f"```\n{cfg.to_dict()}\n```")
         while p.iteration < self.total_iters:
             t0 = time.perf_counter()
+            gbs = batch_size_at(self.calc, p.consumed_samples)
+            self.engine.set_global_batch_size(gbs)
+            accum = gbs // (cfg.training.micro_batch_size * self.layout.dp)
             micro = [make_batch(next(train_iter), self.data.eod, cfg.data.reset_attention_mask)
-                     for _ in range(self.accum)]
-            result = self.engine.train_step(micro, self.gbs)
+                     for _ in range(accum)]
+            result = self.engine.train_step(micro, gbs)
             dt = time.perf_counter() - t0
             p.iteration += 1
-            p.consumed_samples += self.gbs
-            p.consumed_tokens += self.gbs * seq
+            p.consumed_samples += gbs
+            p.consumed_tokens += gbs * seq
+            self.batch_sizes.append(gbs)
+            interval["samples"] += gbs
             interval["loss"] += result.loss
             interval["steps"] += 1
             interval["skipped"] += int(result.skipped)
             interval["time"] += dt
             if p.iteration % cfg.logging.log_interval == 0 or p.iteration == self.total_iters:
-                self._log_interval(interval, result)
-                interval = {"loss": 0.0, "steps": 0, "skipped": 0, "time": 0.0}
+                self._log_interval(interval, result, gbs)
+                interval = _new_interval()
             if cfg.training.eval_interval and p.iteration % cfg.training.eval_interval == 0:
                 last_eval = self.evaluate("validation")
             if self._should_save_now():
@@ -87,14 +97,14 @@ class Trainer:
         self.tb.close()
         return p
 
-    def _log_interval(self, interval: dict, result) -> None:
+    def _log_interval(self, interval: dict, result, gbs: int) -> None:
         p, steps = self.progress, interval["steps"]
-        tokens_per_s = steps * self.gbs * self.cfg.model.seq_length / interval["time"]
+        tokens_per_s = interval["samples"] * self.cfg.model.seq_length / interval["time"]
         tflops = tokens_per_s * self.flops_per_token / self.layout.world_size / 1e12
         values = {
             "iteration": f"{p.iteration}/{self.total_iters}",
             "consumed samples": p.consumed_samples, "consumed tokens": p.consumed_tokens,
-            "lr": result.lr, "global batch": self.gbs, "loss": interval["loss"] / steps,
+            "lr": result.lr, "global batch": gbs, "loss": interval["loss"] / steps,
             "grad norm": result.grad_norm, "skipped": interval["skipped"],
             "step ms": 1000 * interval["time"] / steps, "tokens/s": tokens_per_s,
             "TFLOP/s/GPU": tflops if self.layout.device.type == "cuda" else None,

@@ -163,7 +163,6 @@ def test_train_length_required():
 
 
 @pytest.mark.parametrize("argv,flag", [
-    (["--rampup-batch-size", "4", "4", "100"], "--rampup-batch-size"),
     (["--sequence-parallel"], "--sequence-parallel"),
     (["--checkpoint-activations"], "--checkpoint-activations"),
 ])
@@ -179,3 +178,36 @@ def test_pretrain_cli_reports_config_errors_without_traceback():
     assert out.returncode != 0
     assert "error: --hidden-size 100 is not divisible by --num-attention-heads 8" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--rampup-batch-size", "6", "4", "100", "--global-batch-size", "16"],
+     "minus START 6 is not a multiple of INCREMENT 4"),
+    (["--rampup-batch-size", "2", "2", "100", "--global-batch-size", "16",
+      "--micro-batch-size", "4"], "multiples of --micro-batch-size x data-parallel size = 4"),
+    (["--rampup-batch-size", "32", "4", "100", "--global-batch-size", "16"],
+     "START <= --global-batch-size 16"),
+])
+def test_rampup_errors(argv, needle):
+    assert needle in _error(["--train-samples", "1000", "--mock-data"] + argv)
+
+
+def test_rampup_needs_lengths_in_samples():
+    msg = _error(TRAIN + ["--rampup-batch-size", "4", "4", "100", "--global-batch-size", "16"])
+    assert "--train-iters" in msg and "--train-samples" in msg
+
+
+def test_batch_sizes_follow_rampup_schedule():
+    from megatron.trainer.batch_schedule import batch_size_at, build_batch_calculator, \
+        train_iterations
+    cfg = parse_config(["--train-samples", "200", "--global-batch-size", "16",
+                        "--micro-batch-size", "2", "--rampup-batch-size", "4", "4", "80"])
+    calc = build_batch_calculator(cfg, gbs=16, dp=1, rank=0)
+    consumed, sizes = 0, []
+    while consumed < 200:
+        sizes.append(batch_size_at(calc, consumed))
+        consumed += sizes[-1]
+    # increments every 80 / 3 samples: 4 until 26.7, 8 until 53.3, 12 until 80, then 16
+    assert sizes[:7] == [4] * 7 and sizes[7:11] == [8] * 4 and sizes[11:13] == [12] * 2
+    assert set(sizes[13:]) == {16}
+    assert train_iterations(calc, 200) == (len(sizes), consumed)

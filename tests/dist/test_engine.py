@@ -1,0 +1,67 @@
+"""The DeepSpeed engine against plain torch: same updates, also when the number of micro-batches
+per step changes (batch-size rampup)."""
+import pytest
+
+from distributed import run_on_ranks
+
+
+def _compare_with_torch(rank, world_size, accum_schedule, zero_stage):
+    import torch
+
+    from megatron.config.cli import parse_config
+    from megatron.data.batch import Batch
+    from megatron.model.gpt import GPTModel
+    from megatron.parallel.layout import initialize_parallel
+    from megatron.trainer.deepspeed_engine import DeepSpeedTrainEngine
+
+    mbs, T, V = 2, 16, 128
+    cfg = parse_config(["--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4",
+                        "--seq-length", str(T), "--micro-batch-size", str(mbs),
+                        "--global-batch-size", str(mbs * max(accum_schedule)),
+                        "--train-iters", "10", "--lr", "1e-2", "--lr-decay-style", "constant",
+                        "--clip-grad", "0.05", "--weight-decay", "0.1", "--zero-stage",
+                        str(zero_stage), "--hidden-dropout", "0", "--attention-dropout", "0",
+                        "--mock-data"])
+    cfg = cfg.replace(model={"vocab_size": V})
+    layout = initialize_parallel(cfg.parallel)
+    torch.manual_seed(0)
+    model = GPTModel(cfg.model)
+    torch.manual_seed(0)
+    ref = GPTModel(cfg.model)  # the same weights: init depends only on the seed
+    engine = DeepSpeedTrainEngine(model, cfg, layout, mbs * max(accum_schedule))
+    decay = [p for p in ref.parameters() if p.ndim >= 2]
+    no_decay = [p for p in ref.parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=1e-2)
+    gen = torch.Generator().manual_seed(1)
+    losses = []
+    for accum in accum_schedule:
+        micro = []
+        for _ in range(accum):
+            tokens = torch.randint(0, V, (mbs, T), generator=gen)
+            micro.append(Batch(tokens=tokens, labels=torch.roll(tokens, -1, 1),
+                               loss_mask=torch.ones(mbs, T), position_ids=torch.arange(T)
+                               .expand(mbs, T)))
+        engine.set_global_batch_size(mbs * accum)
+        result = engine.train_step(micro, mbs * accum)
+        opt.zero_grad()
+        total = 0.0
+        for b in micro:
+            loss = ref.loss(ref(b.tokens, position_ids=b.position_ids), b.labels, b.loss_mask)
+            (loss / accum).backward()
+            total += loss.item()
+        torch.nn.utils.clip_grad_norm_(ref.parameters(), 0.05)
+        opt.step()
+        losses.append((result.loss, total / accum))
+    diffs = [(n, (p - q).abs().max().item()) for (n, p), q in
+             zip(model.named_parameters(), ref.parameters())]
+    return losses, max(d for _, d in diffs)
+
+
+@pytest.mark.parametrize("zero_stage", [0, 1, 2])
+def test_engine_updates_equal_plain_torch_with_changing_accumulation(zero_stage):
+    [(losses, max_diff)] = run_on_ranks(_compare_with_torch, 1, args=([2, 4, 1, 3], zero_stage),
+                                        timeout=300)
+    for ours, ref in losses:
+        assert ours == pytest.approx(ref, rel=1e-5)
+    assert max_diff < 1e-5
