@@ -47,7 +47,8 @@ def main(argv=None) -> Trainer:
     engine = DeepSpeedTrainEngine(model, cfg, layout, gbs)
     progress = ckpt.Progress()
     if cfg.checkpoint.load:
-        state = engine.load(cfg.checkpoint.load, load_optimizer=not cfg.checkpoint.no_load_optim)
+        state = engine.load(cfg.checkpoint.load, load_optimizer=not cfg.checkpoint.no_load_optim,
+                            load_rng=not cfg.checkpoint.no_load_rng)
         if state is None:
             print_rank0(layout, f"--load {cfg.checkpoint.load}: no checkpoint yet, starting fresh")
         else:

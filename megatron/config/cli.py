@@ -184,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add("--exit-interval", type=int, default=None, help="Stop after this step (saving).")
     t.add("--exit-duration-in-mins", type=float, default=None,
           help="Save and stop after this many minutes of training.")
+    t.add("--kill-switch-path", default=None,
+          help="If this file appears, save a checkpoint and exit (checked every step).")
     t.add("--deepspeed", action="store_true", default=True,
           help="Use DeepSpeed (always on: the one engine; accepted for compatibility).")
     t.add("--deepspeed_config", "--deepspeed-config", dest="deepspeed_config", default=None,

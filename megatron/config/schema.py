@@ -123,6 +123,7 @@ class TrainingConfig:
     eval_iters: int = 10
     exit_interval: Optional[int] = None
     exit_duration_in_mins: Optional[float] = None
+    kill_switch_path: Optional[str] = None
     deepspeed: bool = True
     deepspeed_config: Optional[str] = None
     zero_stage: Optional[int] = None

@@ -53,9 +53,16 @@ class DropoutRNG:
             torch.set_rng_state(outer)
 
     def get_states(self) -> dict:
+        """Both streams' generator states (for checkpoints)."""
+        if self.use_cuda:
+            return {"cuda_tracker": self._tracker.get_states()}
         return dict(self._states)
 
     def set_states(self, states: dict) -> None:
+        if self.use_cuda:
+            if "cuda_tracker" in states:
+                self._tracker.set_states(states["cuda_tracker"])
+            return
         self._states.update(states)
 
 

@@ -105,10 +105,12 @@ class DeepSpeedTrainEngine(TrainEngine):
         return mean.item() * n, n
 
     def save(self, directory: str, tag: str, client_state: dict) -> None:
-        client_state = dict(client_state, lr_scheduler=self.scheduler.state_dict())
+        client_state = dict(client_state, lr_scheduler=self.scheduler.state_dict(),
+                            dropout_rng=self.model.rng.get_states())
         self.engine.save_checkpoint(directory, tag=tag, client_state=client_state)
 
-    def load(self, directory: str, load_optimizer: bool = True) -> Optional[dict]:
+    def load(self, directory: str, load_optimizer: bool = True,
+             load_rng: bool = True) -> Optional[dict]:
         if not os.path.isfile(os.path.join(directory, "latest")):
             return None
         path, client_state = self.engine.load_checkpoint(
@@ -119,4 +121,6 @@ class DeepSpeedTrainEngine(TrainEngine):
                                f"named in {directory}/latest")
         if load_optimizer and "lr_scheduler" in client_state:
             self.scheduler.load_state_dict(client_state["lr_scheduler"])
+        if load_rng and "dropout_rng" in client_state:
+            self.model.rng.set_states(client_state["dropout_rng"])
         return client_state

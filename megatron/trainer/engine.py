@@ -37,5 +37,7 @@ class TrainEngine(abc.ABC):
         """Write a checkpoint (model, optimizer, scheduler, client_state) under directory/tag."""
 
     @abc.abstractmethod
-    def load(self, directory: str, load_optimizer: bool = True) -> Optional[dict]:
-        """Restore the latest checkpoint in directory; return its client_state (None if none)."""
+    def load(self, directory: str, load_optimizer: bool = True,
+             load_rng: bool = True) -> Optional[dict]:
+        """Restore the latest checkpoint in directory (with the model's dropout RNG streams
+        unless load_rng is False); return its client_state (None if there is none)."""

@@ -17,6 +17,7 @@ from megatron.trainer import checkpoint as ckpt
 from megatron.trainer.batch_schedule import batch_size_at
 from megatron.trainer.engine import TrainEngine
 from megatron.trainer.metrics import TensorBoard, flops_per_token, format_log_line, peak_flops
+from megatron.trainer.signals import StopRequest
 
 
 @dataclass
@@ -51,13 +52,22 @@ class Trainer:
         print_rank0(self.layout, *msg)
 
     def train(self) -> ckpt.Progress:
+        """Train to the end (or a stop request / exit condition); returns the progress."""
+        self.tb.text("config", f"```\n{self.cfg.to_dict()}\n```")
+        stop = StopRequest(self.cfg.training.kill_switch_path)
+        try:
+            return self._train_steps(stop)
+        finally:
+            stop.restore()
+            self.tb.close()
+
+    def _train_steps(self, stop: StopRequest) -> ckpt.Progress:
         cfg, p = self.cfg, self.progress
         seq = cfg.model.seq_length
         train_iter = iter(self.data.train_loader)
         start_time = time.monotonic()
         interval = _new_interval()
         last_eval = None
-        self.tb.text("config", f"```\n{cfg.to_dict()}\n```")
         while p.iteration < self.total_iters:
             t0 = time.perf_counter()
             gbs = batch_size_at(self.calc, p.consumed_samples)
@@ -83,9 +93,14 @@ class Trainer:
                 last_eval = self.evaluate("validation")
             if self._should_save_now():
                 self.save()
+            if stop.requested(self.layout.device):
+                self.log(f"stopping at iteration {p.iteration}: {stop.reason}")
+                if cfg.checkpoint.save and not self._should_save_now():
+                    self.save()
+                return p
             if self._should_exit(start_time):
                 self.log(f"exiting at iteration {p.iteration} (exit condition reached)")
-                if cfg.checkpoint.save:
+                if cfg.checkpoint.save and not self._should_save_now():
                     self.save()
                 return p
         if last_eval is None or last_eval[0] != p.iteration:
@@ -94,7 +109,6 @@ class Trainer:
                                         p.iteration % cfg.checkpoint.save_interval == 0):
             self.save()
         self.evaluate("test")
-        self.tb.close()
         return p
 
     def _log_interval(self, interval: dict, result, gbs: int) -> None:

@@ -56,3 +56,28 @@ def test_missing_data_file_is_a_clear_error(tiny_data, tmp_path):
                    "--train-iters", "1", check=False)
     assert out.returncode != 0
     assert f"--data-path {tmp_path / 'nope_text_document'}: missing" in out.stderr
+
+
+def test_resume_is_exact_with_dropout_and_rampup(tiny_data, tmp_path):
+    """8 steps in one run == 4 steps, stop, resume for 4: identical per-step losses (CPU fp32),
+    across a batch-size rampup boundary and the end of LR warmup, with dropout on."""
+    flags = ("--micro-batch-size", "2", "--global-batch-size", "8", "--rampup-batch-size",
+             "4", "4", "20", "--train-samples", "44", "--lr-warmup-iters", "0", "--lr-warmup-samples", "16",
+             "--hidden-dropout", "0.1", "--attention-dropout", "0.1", "--eval-interval", "1000",
+             "--eval-iters", "1")
+    whole = losses(pretrain(tiny_data, 2, *flags).stdout)
+    ck = tmp_path / "ck"
+    first = pretrain(tiny_data, 2, *flags, "--save", str(ck), "--exit-interval", "4")
+    assert "exiting at iteration 4" in first.stdout
+    second = pretrain(tiny_data, 2, *flags, "--load", str(ck))
+    resumed = {**losses(first.stdout), **losses(second.stdout)}
+    assert len(whole) == 8 and whole == resumed
+
+
+def test_kill_switch_saves_and_exits_cleanly(tiny_data, tmp_path):
+    ck, switch = tmp_path / "ck", tmp_path / "stop-now"
+    switch.write_text("")
+    out = pretrain(tiny_data, 2, "--micro-batch-size", "2", "--global-batch-size", "4",
+                   "--train-iters", "50", "--save", str(ck), "--kill-switch-path", str(switch))
+    assert f"stopping at iteration 1: kill switch {switch}" in out.stdout
+    assert (ck / "latest").read_text().strip() == "global_step1"
