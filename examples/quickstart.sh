@@ -12,10 +12,10 @@ mkdir -p "$RUN/data"
 echo "== 1/4 corpus: docstrings of the Python standard library"
 python tools/build_stdlib_corpus.py --output "$RUN/data/stdlib.jsonl" --max-mb 6
 
-echo "== 2/4 tokenizer: SentencePiece BPE, 4000 pieces"
+echo "== 2/4 tokenizer: SentencePiece BPE, 512 pieces"
 if [ ! -f "$RUN/data/spm.model" ]; then
   python tools/train_tokenizer.py --input "$RUN/data/stdlib.jsonl" --json-keys text \
-    --vocab-size 4000 --model-type bpe --output-prefix "$RUN/data/spm"
+    --vocab-size 512 --model-type bpe --output-prefix "$RUN/data/spm"
 fi
 
 echo "== 3/4 indexed dataset (.bin/.idx)"

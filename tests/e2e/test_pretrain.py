@@ -81,3 +81,48 @@ def test_kill_switch_saves_and_exits_cleanly(tiny_data, tmp_path):
                    "--train-iters", "50", "--save", str(ck), "--kill-switch-path", str(switch))
     assert f"stopping at iteration 1: kill switch {switch}" in out.stdout
     assert (ck / "latest").read_text().strip() == "global_step1"
+
+
+def test_sigterm_to_one_rank_stops_all_with_a_checkpoint(tiny_data, tmp_path):
+    """srun-style launch (one process per rank, SLURM variables): SIGTERM to rank 1 only makes
+    both ranks finish the step, save and exit 0."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from cli_runner import ROOT
+    from megatron.parallel.launch import free_port
+
+    ck = tmp_path / "ck"
+    args = [sys.executable, "pretrain_gpt.py", "--num-layers", "2", "--hidden-size", "32",
+            "--num-attention-heads", "4", "--seq-length", "32", "--micro-batch-size", "2",
+            "--global-batch-size", "4", "--train-iters", "100000", "--log-interval", "1",
+            "--data-path", tiny_data["prefix"], "--tokenizer-type", "SentencePieceTokenizer",
+            "--tokenizer-model", tiny_data["spm"], "--split", "90,9,1",
+            "--deepspeed_config", "ds_configs/zero1.json", "--save", str(ck)]
+    port = free_port()
+    procs = []
+    for rank in range(2):
+        env = dict(os.environ, SLURM_PROCID=str(rank), SLURM_NTASKS="2",
+                   SLURM_LOCALID=str(rank), SLURM_JOB_NODELIST="localhost",
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+        for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+            env.pop(var, None)
+        log = open(tmp_path / f"rank{rank}.log", "w")
+        procs.append(subprocess.Popen(args, cwd=ROOT, env=env, stdout=log,
+                                      stderr=subprocess.STDOUT))
+    rank0_log = tmp_path / "rank0.log"
+    deadline = time.monotonic() + 300
+    while "iteration 3/" not in rank0_log.read_text():
+        assert time.monotonic() < deadline, rank0_log.read_text()[-3000:]
+        assert all(p.poll() is None for p in procs), rank0_log.read_text()[-3000:]
+        time.sleep(0.5)
+    procs[1].send_signal(signal.SIGTERM)
+    codes = [p.wait(timeout=300) for p in procs]
+    out = rank0_log.read_text()
+    assert codes == [0, 0], out[-3000:]
+    assert "stopping at iteration" in out and "another rank's stop request" in out
+    tag = (ck / "latest").read_text().strip()
+    assert (ck / tag / "config.json").exists()
