@@ -23,6 +23,23 @@ from megatron.trainer.loop import TrainData, Trainer, print_rank0
 from megatron.trainer.schedules import schedule_samples
 
 
+def resume(engine, cfg, layout) -> ckpt.Progress:
+    c = cfg.checkpoint
+    tag = ckpt.find_checkpoint(c.load, c.save)
+    if tag is None:
+        print_rank0(layout, f"--load {c.load}: no checkpoint yet, starting from scratch")
+        return ckpt.Progress()
+    ckpt.check_compatible(c.load, tag, cfg)
+    state = engine.load(c.load, tag, load_optimizer=not c.no_load_optim,
+                        load_rng=not c.no_load_rng)
+    if not c.no_load_rng:
+        ckpt.set_rng_state(state["rng"])
+    progress = ckpt.progress_from(state)
+    print_rank0(layout, f"resumed from {c.load}/{tag}: iteration {progress.iteration}, "
+                        f"{progress.consumed_samples} samples consumed")
+    return progress
+
+
 def main(argv=None) -> Trainer:
     cfg = parse_config(argv)
     launch = resolve_launch_env()
@@ -47,16 +64,10 @@ def main(argv=None) -> Trainer:
     engine = DeepSpeedTrainEngine(model, cfg, layout, gbs)
     progress = ckpt.Progress()
     if cfg.checkpoint.load:
-        state = engine.load(cfg.checkpoint.load, load_optimizer=not cfg.checkpoint.no_load_optim,
-                            load_rng=not cfg.checkpoint.no_load_rng)
-        if state is None:
-            print_rank0(layout, f"--load {cfg.checkpoint.load}: no checkpoint yet, starting fresh")
-        else:
-            ckpt.check_same_model(state, cfg, cfg.checkpoint.load)
-            progress = ckpt.progress_from(state)
-            if not cfg.checkpoint.no_load_rng:
-                ckpt.set_rng_state(state["rng"])
-            print_rank0(layout, f"resumed from iteration {progress.iteration}")
+        try:
+            progress = resume(engine, cfg, layout)
+        except ckpt.CheckpointError as e:
+            sys.exit(f"pretrain_gpt.py: error: {e}")
     print_rank0(layout, f"model: {sum(p.numel() for p in model.parameters()):,} parameters on "
                         f"this rank; global batch {gbs}; vocab {cfg.model.vocab_size}")
 

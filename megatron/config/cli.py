@@ -184,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add("--exit-interval", type=int, default=None, help="Stop after this step (saving).")
     t.add("--exit-duration-in-mins", type=float, default=None,
           help="Save and stop after this many minutes of training.")
+    t.add("--skip-train-iteration-range", nargs="+", default=None, metavar="START-END",
+          help="Iterations to skip (their batches are consumed, no update), e.g. 1000-1100; "
+               "how to step over a loss spike after a restart.")
     t.add("--kill-switch-path", default=None,
           help="If this file appears, save a checkpoint and exit (checked every step).")
     t.add("--deepspeed", action="store_true", default=True,
@@ -203,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     lg = _Flags(p, "logging", "logging")
     lg.add("--log-interval", type=int, default=100, help="Steps between log lines.")
     lg.add("--tensorboard-dir", default=None, help="Write TensorBoard events here.")
+    lg.add("--log-params-norm", action="store_true",
+           help="Also log the L2 norm of all parameters (costs one pass over them).")
     return p
 
 

@@ -124,6 +124,7 @@ class TrainingConfig:
     exit_interval: Optional[int] = None
     exit_duration_in_mins: Optional[float] = None
     kill_switch_path: Optional[str] = None
+    skip_train_iteration_range: Optional[tuple] = None  # ("START-END", ...), inclusive
     deepspeed: bool = True
     deepspeed_config: Optional[str] = None
     zero_stage: Optional[int] = None
@@ -142,6 +143,7 @@ class CheckpointConfig:
 class LoggingConfig:
     log_interval: int = 100
     tensorboard_dir: Optional[str] = None
+    log_params_norm: bool = False
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,8 @@ class ConfigError(ValueError):
 
 # field (group, name) -> (default that means "off", the flag, the issue that lands it)
 NOT_IMPLEMENTED_YET = {
-    ("parallel", "pipeline_model_parallel_size"): (1, "--pipeline-model-parallel-size > 1",
-                                                   "3D parallelism (pipeline engine)"),
     ("parallel", "sequence_parallel"): (False, "--sequence-parallel", "3D parallelism"),
     ("training", "lr_decay_tokens"): (None, "--lr-decay-tokens", "the training-loop issue"),
-    ("training", "checkpoint_activations"): (False, "--checkpoint-activations",
-                                             "3D parallelism (activation checkpointing)"),
     ("data", "loss_on_targets_only"): (False, "--loss-on-targets-only", "prefix-LM data"),
     ("model", "prefix_lm"): (False, "--prefix-lm", "prefix-LM data"),
 }
@@ -31,6 +27,21 @@ def check_not_implemented(cfg: Config) -> None:
         if value != off:
             raise ConfigError(f"{flag} (got {value!r}) is not implemented yet: it lands with "
                               f"{where}. Remove the flag to run.")
+
+
+def parse_iteration_ranges(ranges) -> list[tuple[int, int]]:
+    """("10-20", "35-35") -> [(10, 20), (35, 35)]; inclusive, 1-based iterations."""
+    out = []
+    for r in ranges or ():
+        try:
+            start, end = (int(x) for x in r.split("-"))
+        except ValueError:
+            raise ConfigError(f"--skip-train-iteration-range {r}: expected START-END, e.g. "
+                              f"1000-1100") from None
+        if not 1 <= start <= end:
+            raise ConfigError(f"--skip-train-iteration-range {r}: need 1 <= START <= END")
+        out.append((start, end))
+    return out
 
 
 def data_parallel_size(cfg: Config, world_size: int) -> int:
@@ -164,6 +175,7 @@ def check_data(cfg: Config) -> None:
 
 def validate_config(cfg: Config, world_size: int) -> None:
     check_not_implemented(cfg)
+    parse_iteration_ranges(cfg.training.skip_train_iteration_range)
     data_parallel_size(cfg, world_size)
     check_model_shape(cfg)
     check_batch(cfg, world_size)

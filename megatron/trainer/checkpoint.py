@@ -4,7 +4,9 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
@@ -59,7 +61,7 @@ def check_same_model(saved: dict, cfg: Config, directory: str) -> None:
     diff = [f"{k}: checkpoint {saved_model.get(k)!r} vs flags {ours[k]!r}" for k in keys
             if k in saved_model and saved_model[k] != ours[k]]
     if diff:
-        raise ValueError(f"--load {directory}: checkpoint is of a different model: "
+        raise CheckpointError(f"--load {directory}: checkpoint is of a different model: "
                          + "; ".join(diff))
 
 
@@ -69,3 +71,82 @@ def write_config_json(cfg: Config, directory: str, tag: str) -> None:
     with open(path + ".tmp", "w") as f:
         json.dump(cfg.to_dict(), f, indent=2, default=str)
     os.replace(path + ".tmp", path)
+
+
+LATEST = "latest"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file and the problem."""
+
+
+def read_latest(directory: str) -> Optional[str]:
+    path = os.path.join(directory, LATEST)
+    if not os.path.isfile(path):
+        return None
+    tag = open(path).read().strip()
+    if not tag:
+        raise CheckpointError(f"{path} is empty")
+    return tag
+
+
+def find_checkpoint(load_dir: str, save_dir: Optional[str]) -> Optional[str]:
+    """The tag to resume from, or None to start fresh.
+
+    A --load directory without a checkpoint starts fresh only when it is also the --save
+    directory (the first run of a job that saves and resumes in one place); anywhere else it is
+    an error, since a mistyped path would otherwise silently train from scratch."""
+    tag = read_latest(load_dir)
+    if tag is None:
+        if save_dir and os.path.abspath(save_dir) == os.path.abspath(load_dir):
+            return None
+        raise CheckpointError(f"--load {load_dir}: no checkpoint there (no '{LATEST}' file); "
+                              f"to start from scratch drop --load, or pass the same directory "
+                              f"as --save")
+    tag_dir = os.path.join(load_dir, tag)
+    if not os.path.isdir(tag_dir):
+        raise CheckpointError(f"--load {load_dir}: {LATEST} names {tag}, but {tag_dir} does "
+                              f"not exist")
+    return tag
+
+
+def check_compatible(load_dir: str, tag: str, cfg: Config) -> None:
+    """Refuse, before loading any tensor, a checkpoint of a different model shape."""
+    path = os.path.join(load_dir, tag, "config.json")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path} is missing: not a checkpoint written by pretrain_gpt.py, "
+                              f"or an incomplete one")
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is corrupt ({e})") from e
+    check_same_model({"config": saved}, cfg, load_dir)
+
+
+def save_checkpoint(engine, cfg: Config, progress: Progress, directory: str,
+                    is_rank0: bool) -> str:
+    """Write directory/<tag> so that a kill at any moment leaves the previous checkpoint
+    loadable: every rank writes into <tag>.tmp, rank 0 adds config.json, renames the folder to
+    <tag> and only then points `latest` at it (atomic renames)."""
+    import torch.distributed as dist
+
+    tag = step_tag(progress.iteration)
+    tmp, final = os.path.join(directory, tag + ".tmp"), os.path.join(directory, tag)
+    if is_rank0:
+        os.makedirs(directory, exist_ok=True)
+        if os.path.isdir(tmp):  # left by a save that was killed
+            shutil.rmtree(tmp)
+    dist.barrier()
+    engine.save(directory, tag + ".tmp", client_state(cfg, progress))
+    dist.barrier()
+    if is_rank0:
+        write_config_json(cfg, directory, tag + ".tmp")
+        if os.path.isdir(final):  # the same step saved before (e.g. a rerun after a crash)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        with open(os.path.join(directory, LATEST + ".tmp"), "w") as f:
+            f.write(tag)
+        os.replace(os.path.join(directory, LATEST + ".tmp"), os.path.join(directory, LATEST))
+    dist.barrier()
+    return tag

@@ -59,6 +59,29 @@ class DeepSpeedTrainEngine(TrainEngine):
             dist_init_required=False)
         self.model = model
         self.grad_accum = self.ds_config["gradient_accumulation_steps"]
+        # DeepSpeed's ZeRO, bf16 and fp16 optimizers skip a step whose gradients are not finite
+        # (and report it through was_step_applied); its plain fp32 path does not, so we check.
+        self._checks_finite_grads_itself = (self.engine.zero_optimization_stage() == 0 and
+                                            not cfg.training.bf16 and not cfg.training.fp16)
+
+    def _grads_finite(self) -> bool:
+        bad = torch.zeros((), device=self.layout.device)
+        for p in self.model.parameters():
+            if p.grad is not None and not torch.isfinite(p.grad).all():
+                bad.fill_(1.0)
+                break
+        dist.all_reduce(bad, op=dist.ReduceOp.MAX)  # every rank skips together
+        return bad.item() == 0.0
+
+    def param_norm(self) -> float:
+        """L2 norm of all (unsharded) parameters, each counted once across TP ranks."""
+        from megatron.core.tensor_parallel import param_is_not_tensor_parallel_duplicate
+        sq = torch.zeros((), dtype=torch.float32, device=self.layout.device)
+        for p in self.model.parameters():
+            if param_is_not_tensor_parallel_duplicate(p):
+                sq += p.detach().float().pow(2).sum()
+        dist.all_reduce(sq, group=self.layout.tp_group)
+        return sq.sqrt().item()
 
     def _loss(self, batch: Batch) -> torch.Tensor:
         b = batch.to(self.layout.device)
@@ -71,23 +94,32 @@ class DeepSpeedTrainEngine(TrainEngine):
                              f"{self.grad_accum} per step")
         self.engine.train()
         total = torch.zeros((), dtype=torch.float32, device=self.layout.device)
+        skipped = False
         for i, mb in enumerate(micro_batches):
+            last = i == len(micro_batches) - 1
             # Say where the boundary is: DeepSpeed's own count of micro-steps goes out of phase
             # when the accumulation steps change (batch-size rampup).
-            self.engine.set_gradient_accumulation_boundary(i == len(micro_batches) - 1)
+            self.engine.set_gradient_accumulation_boundary(last)
             loss = self._loss(mb)
             self.engine.backward(loss)
-            self.engine.step()  # applies the update only at the accumulation boundary
             total += loss.detach().float()
+            if last and self._checks_finite_grads_itself and not self._grads_finite():
+                self.engine.zero_grad()
+                skipped = True
+                break
+            self.engine.step()  # applies the update only at the accumulation boundary
         mean_loss = total / len(micro_batches)
         dist.all_reduce(mean_loss, group=self.layout.dp_group)
         mean_loss /= self.layout.dp
-        skipped = bool(getattr(self.engine, "was_step_applied", lambda: True)() is False)
+        skipped = skipped or not self.engine.was_step_applied()
         if not skipped:
             self.scheduler.step(samples)
         norm = self.engine.get_global_grad_norm()
         return StepResult(loss=mean_loss.item(), grad_norm=None if norm is None else float(norm),
                           lr=self.current_lr(), skipped=skipped)
+
+    def skip_step(self, samples: int) -> None:
+        self.scheduler.step(samples)
 
     def set_global_batch_size(self, global_batch_size: int) -> None:
         if global_batch_size != self.engine.train_batch_size():
@@ -107,18 +139,17 @@ class DeepSpeedTrainEngine(TrainEngine):
     def save(self, directory: str, tag: str, client_state: dict) -> None:
         client_state = dict(client_state, lr_scheduler=self.scheduler.state_dict(),
                             dropout_rng=self.model.rng.get_states())
-        self.engine.save_checkpoint(directory, tag=tag, client_state=client_state)
+        # `latest` is written by megatron/trainer/checkpoint.py once the tag is complete
+        self.engine.save_checkpoint(directory, tag=tag, client_state=client_state,
+                                    save_latest=False)
 
-    def load(self, directory: str, load_optimizer: bool = True,
-             load_rng: bool = True) -> Optional[dict]:
-        if not os.path.isfile(os.path.join(directory, "latest")):
-            return None
+    def load(self, directory: str, tag: str, load_optimizer: bool = True,
+             load_rng: bool = True) -> dict:
         path, client_state = self.engine.load_checkpoint(
-            directory, load_optimizer_states=load_optimizer,
+            directory, tag=tag, load_optimizer_states=load_optimizer,
             load_lr_scheduler_states=False)
         if path is None:
-            raise RuntimeError(f"--load {directory}: DeepSpeed could not load the checkpoint "
-                               f"named in {directory}/latest")
+            raise RuntimeError(f"--load {directory}: DeepSpeed could not load checkpoint {tag}")
         if load_optimizer and "lr_scheduler" in client_state:
             self.scheduler.load_state_dict(client_state["lr_scheduler"])
         if load_rng and "dropout_rng" in client_state:

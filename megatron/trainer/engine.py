@@ -25,6 +25,14 @@ class TrainEngine(abc.ABC):
         advance the LR schedule by `samples`."""
 
     @abc.abstractmethod
+    def skip_step(self, samples: int) -> None:
+        """Advance the LR schedule by `samples` without training (a skipped iteration)."""
+
+    @abc.abstractmethod
+    def param_norm(self) -> float:
+        """L2 norm of all model parameters (unsharded, over every parallel rank)."""
+
+    @abc.abstractmethod
     def set_global_batch_size(self, global_batch_size: int) -> None:
         """Samples per optimizer step from now on (batch-size rampup); micro-batch size fixed."""
 
@@ -34,10 +42,11 @@ class TrainEngine(abc.ABC):
 
     @abc.abstractmethod
     def save(self, directory: str, tag: str, client_state: dict) -> None:
-        """Write a checkpoint (model, optimizer, scheduler, client_state) under directory/tag."""
+        """Write model, optimizer, scheduler and client_state under directory/tag (collective;
+        does not touch directory/latest)."""
 
     @abc.abstractmethod
-    def load(self, directory: str, load_optimizer: bool = True,
-             load_rng: bool = True) -> Optional[dict]:
-        """Restore the latest checkpoint in directory (with the model's dropout RNG streams
-        unless load_rng is False); return its client_state (None if there is none)."""
+    def load(self, directory: str, tag: str, load_optimizer: bool = True,
+             load_rng: bool = True) -> dict:
+        """Restore directory/tag (with the model's dropout RNG streams unless load_rng is
+        False); return its client_state."""

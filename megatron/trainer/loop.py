@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 
 from megatron.config.schema import Config
+from megatron.config.validate import parse_iteration_ranges
 from megatron.data.batch import make_batch
 from megatron.eval.perplexity import evaluate_loss
 from megatron.parallel.layout import ParallelLayout
@@ -47,6 +48,7 @@ class Trainer:
         self.peak = peak_flops(layout.device)
         self.history: list[dict] = []  # one entry per logged interval, for callers and tests
         self.batch_sizes: list[int] = []  # global batch size of each step run
+        self.skip_ranges = parse_iteration_ranges(cfg.training.skip_train_iteration_range)
 
     def log(self, *msg) -> None:
         print_rank0(self.layout, *msg)
@@ -75,6 +77,14 @@ class Trainer:
             accum = gbs // (cfg.training.micro_batch_size * self.layout.dp)
             micro = [make_batch(next(train_iter), self.data.eod, cfg.data.reset_attention_mask)
                      for _ in range(accum)]
+            if any(a <= p.iteration + 1 <= b for a, b in self.skip_ranges):
+                self.engine.skip_step(gbs)
+                p.iteration += 1
+                p.consumed_samples += gbs
+                p.consumed_tokens += gbs * seq
+                self.log(f"iteration {p.iteration} skipped (--skip-train-iteration-range): "
+                         f"its {gbs} samples were read, no update")
+                continue
             result = self.engine.train_step(micro, gbs)
             dt = time.perf_counter() - t0
             p.iteration += 1
@@ -123,6 +133,8 @@ class Trainer:
             "step ms": 1000 * interval["time"] / steps, "tokens/s": tokens_per_s,
             "TFLOP/s/GPU": tflops if self.layout.device.type == "cuda" else None,
             "MFU %": 100 * tflops * 1e12 / self.peak if self.peak else None,
+            "params norm": self.engine.param_norm() if self.cfg.logging.log_params_norm
+            else None,
         }
         if torch.cuda.is_available():
             values["mem GiB"] = torch.cuda.max_memory_allocated() / 2**30
@@ -166,10 +178,8 @@ class Trainer:
         return stop
 
     def save(self) -> None:
-        d, tag = self.cfg.checkpoint.save, ckpt.step_tag(self.progress.iteration)
         t0 = time.perf_counter()
-        self.engine.save(d, tag, ckpt.client_state(self.cfg, self.progress))
-        if self.layout.rank == 0:
-            ckpt.write_config_json(self.cfg, d, tag)
-        dist.barrier()
-        self.log(f"saved checkpoint {d}/{tag} in {time.perf_counter() - t0:.1f}s")
+        tag = ckpt.save_checkpoint(self.engine, self.cfg, self.progress, self.cfg.checkpoint.save,
+                                   self.layout.rank == 0)
+        self.log(f"saved checkpoint {self.cfg.checkpoint.save}/{tag} in "
+                 f"{time.perf_counter() - t0:.1f}s")

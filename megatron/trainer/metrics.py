@@ -77,7 +77,7 @@ def format_log_line(values: dict) -> str:
         if v is None:
             continue
         if isinstance(v, float):
-            v = f"{v:.3E}" if k in ("lr", "grad norm") else f"{v:.0f}" if abs(v) >= 100 \
+            v = f"{v:.3E}" if k in ("lr", "grad norm", "params norm") else f"{v:.0f}" if abs(v) >= 100 \
                 else f"{v:.4f}"
         parts.append(f"{k} {v}")
     return " | ".join(parts)

@@ -65,3 +65,47 @@ def test_engine_updates_equal_plain_torch_with_changing_accumulation(zero_stage)
     for ours, ref in losses:
         assert ours == pytest.approx(ref, rel=1e-5)
     assert max_diff < 1e-5
+
+
+def _nan_step_is_skipped(rank, world_size, zero_stage):
+    import torch
+
+    from megatron.config.cli import parse_config
+    from megatron.data.batch import Batch
+    from megatron.model.gpt import GPTModel
+    from megatron.parallel.layout import initialize_parallel
+    from megatron.trainer.deepspeed_engine import DeepSpeedTrainEngine
+
+    mbs, T, V = 2, 8, 128
+    cfg = parse_config(["--num-layers", "1", "--hidden-size", "32", "--num-attention-heads", "4",
+                        "--seq-length", str(T), "--micro-batch-size", str(mbs),
+                        "--global-batch-size", str(2 * mbs * world_size), "--train-iters", "9",
+                        "--zero-stage", str(zero_stage), "--mock-data"])
+    cfg = cfg.replace(model={"vocab_size": V})
+    layout = initialize_parallel(cfg.parallel)
+    torch.manual_seed(0)
+    model = GPTModel(cfg.model)
+    engine = DeepSpeedTrainEngine(model, cfg, layout, 2 * mbs * world_size)
+    tokens = torch.randint(0, V, (mbs, T), generator=torch.Generator().manual_seed(rank))
+    good = Batch(tokens, torch.roll(tokens, -1, 1), torch.ones(mbs, T), torch.arange(T)
+                 .expand(mbs, T))
+    poisoned = Batch(good.tokens, good.labels, good.loss_mask.clone(), good.position_ids)
+    if rank == world_size - 1:
+        poisoned.loss_mask[0, 0] = float("nan")  # a NaN loss on one rank only
+    engine.train_step([good, good], 2 * mbs * world_size)
+    before = [p.detach().clone() for p in model.parameters()]
+    lr_before = engine.current_lr()
+    result = engine.train_step([good, poisoned], 2 * mbs * world_size)
+    unchanged = all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    after = engine.train_step([good, good], 2 * mbs * world_size)  # training goes on
+    finite = all(torch.isfinite(p).all() for p in model.parameters())
+    return result.skipped, unchanged, engine.current_lr() != lr_before, lr_before == \
+        result.lr, after.skipped, finite
+
+
+@pytest.mark.parametrize("zero_stage", [0, 1])
+def test_non_finite_step_is_skipped_on_every_rank(zero_stage):
+    for skipped, unchanged, lr_moved_later, lr_held, next_skipped, finite in run_on_ranks(
+            _nan_step_is_skipped, 2, args=(zero_stage,), timeout=300):
+        assert skipped and unchanged and lr_held
+        assert not next_skipped and lr_moved_later and finite

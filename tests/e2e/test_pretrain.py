@@ -31,7 +31,8 @@ def test_two_rank_data_parallel_run_learns_saves_and_resumes(tiny_data, tmp_path
     resumed = pretrain(tiny_data, 2, "--micro-batch-size", "4", "--global-batch-size", "16",
                        "--train-iters", "44", "--eval-interval", "100", "--eval-iters", "2",
                        "--load", str(ck))
-    assert "resumed from iteration 40" in resumed.stdout
+    assert f"resumed from {ck}/global_step40: iteration 40, 640 samples consumed" in \
+        resumed.stdout
     after = losses(resumed.stdout)
     assert sorted(after) == [41, 42, 43, 44]
     assert all(v < curve[1] * 0.9 for v in after.values())  # continued, not restarted
@@ -126,3 +127,19 @@ def test_sigterm_to_one_rank_stops_all_with_a_checkpoint(tiny_data, tmp_path):
     assert "stopping at iteration" in out and "another rank's stop request" in out
     tag = (ck / "latest").read_text().strip()
     assert (ck / tag / "config.json").exists()
+
+
+def test_load_errors_are_clear_and_nothing_is_overwritten(tiny_data, tmp_path):
+    ck = tmp_path / "ck"
+    pretrain(tiny_data, 1, "--micro-batch-size", "2", "--train-iters", "2", "--save", str(ck))
+    before = sorted(p.name for p in ck.iterdir())
+    assert before == ["global_step2", "latest"]  # no temporary folder left behind
+    other_shape = pretrain(tiny_data, 1, "--micro-batch-size", "2", "--train-iters", "4",
+                           "--hidden-size", "64", "--load", str(ck), "--save", str(ck),
+                           check=False)
+    assert other_shape.returncode != 0
+    assert "hidden_size: checkpoint 32 vs flags 64" in other_shape.stderr
+    missing = pretrain(tiny_data, 1, "--micro-batch-size", "2", "--train-iters", "4",
+                       "--load", str(tmp_path / "typo"), check=False)
+    assert missing.returncode != 0 and "no checkpoint there" in missing.stderr
+    assert sorted(p.name for p in ck.iterdir()) == before
