@@ -165,8 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add("--train-iters", type=int, default=None, help="Optimizer steps to train for.")
     t.add("--train-samples", type=int, default=None, help="Samples to train for.")
     t.add("--lr-decay-style", default="cosine",
-          choices=["constant", "linear", "cosine", "inverse-square-root"],
-          help="Learning-rate decay after warmup.")
+          choices=["constant", "linear", "cosine", "inverse-square-root", "WSD"],
+          help="Learning-rate decay after warmup (WSD: warmup-stable-decay).")
     t.add("--lr-warmup-iters", type=int, default=0, help="Warmup in steps.")
     t.add("--lr-warmup-samples", type=int, default=0, help="Warmup in samples.")
     t.add("--lr-warmup-fraction", type=float, default=None,
@@ -174,6 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add("--lr-decay-iters", type=int, default=None, help="Decay period in steps.")
     t.add("--lr-decay-samples", type=int, default=None, help="Decay period in samples.")
     t.add("--lr-decay-tokens", type=int, default=None, help="Decay period in tokens.")
+    t.add("--lr-warmup-tokens", type=int, default=None, help="Warmup in tokens.")
+    t.add("--lr-wsd-decay-samples", type=int, default=None,
+          help="WSD: samples of the final decay (the LR is constant before it).")
+    t.add("--lr-wsd-decay-iters", type=int, default=None, help="WSD: the same in steps.")
+    t.add("--lr-wsd-decay-style", default="exponential",
+          choices=["exponential", "linear", "cosine", "minus_sqrt"],
+          help="WSD: shape of the final decay.")
     t.add("--seed", type=int, default=1234, help="Seed of init, dropout and data order.")
     t.add("--bf16", action="store_true", help="bf16 weights/activations, fp32 master weights.")
     t.add("--fp16", action="store_true", help="fp16 with dynamic loss scaling.")
@@ -187,6 +194,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add("--skip-train-iteration-range", nargs="+", default=None, metavar="START-END",
           help="Iterations to skip (their batches are consumed, no update), e.g. 1000-1100; "
                "how to step over a loss spike after a restart.")
+    t.add("--loss-spike-threshold", type=float, default=None,
+          help="Flag a step whose loss exceeds the running mean by this many standard "
+               "deviations (off by default).")
+    t.add("--loss-spike-window", type=int, default=100,
+          help="Steps in the running mean/std of the spike detector.")
+    t.add("--loss-spike-action", default="log", choices=["log", "stop"],
+          help="On a spike: log it, or stop without saving (restart from the last checkpoint "
+               "with --skip-train-iteration-range; the exit code is 3).")
     t.add("--kill-switch-path", default=None,
           help="If this file appears, save a checkpoint and exit (checked every step).")
     t.add("--deepspeed", action="store_true", default=True,

@@ -14,8 +14,11 @@ class ConfigError(ValueError):
 
 # field (group, name) -> (default that means "off", the flag, the issue that lands it)
 NOT_IMPLEMENTED_YET = {
+    ("parallel", "pipeline_model_parallel_size"): (1, "--pipeline-model-parallel-size > 1",
+                                                   "3D parallelism (pipeline engine)"),
     ("parallel", "sequence_parallel"): (False, "--sequence-parallel", "3D parallelism"),
-    ("training", "lr_decay_tokens"): (None, "--lr-decay-tokens", "the training-loop issue"),
+    ("training", "checkpoint_activations"): (False, "--checkpoint-activations",
+                                             "3D parallelism (activation checkpointing)"),
     ("data", "loss_on_targets_only"): (False, "--loss-on-targets-only", "prefix-LM data"),
     ("model", "prefix_lm"): (False, "--prefix-lm", "prefix-LM data"),
 }
@@ -63,6 +66,42 @@ def global_batch_size(cfg: Config, world_size: int) -> int:
     return t.global_batch_size or t.micro_batch_size * data_parallel_size(cfg, world_size)
 
 
+def schedule_samples(cfg: Config, gbs: int) -> tuple[int, int, int]:
+    """(train samples, warmup samples, decay samples) from the --train-*/--lr-* flags."""
+    t = cfg.training
+    seq = cfg.model.seq_length
+    train = t.train_samples if t.train_samples is not None else t.train_iters * gbs
+    if t.lr_decay_tokens is not None:  # every sample has seq_length tokens
+        decay = -(-t.lr_decay_tokens // seq)
+    elif t.lr_decay_samples is not None:
+        decay = t.lr_decay_samples
+    elif t.lr_decay_iters is not None:
+        decay = t.lr_decay_iters * gbs
+    else:
+        decay = train
+    if t.lr_warmup_fraction is not None:
+        warmup = int(t.lr_warmup_fraction * decay)
+    elif t.lr_warmup_tokens:
+        warmup = -(-t.lr_warmup_tokens // seq)
+    elif t.lr_warmup_samples:
+        warmup = t.lr_warmup_samples
+    else:
+        warmup = t.lr_warmup_iters * gbs
+    if warmup >= decay:
+        raise ConfigError(f"LR warmup ({warmup} samples) must be shorter than the decay period "
+                          f"({decay} samples): check --lr-warmup-* against --lr-decay-* and "
+                          f"--train-iters/--train-samples")
+    if t.lr_decay_style == "WSD":
+        if t.lr_wsd_decay_samples is None and t.lr_wsd_decay_iters is None:
+            raise ConfigError("--lr-decay-style WSD needs --lr-wsd-decay-samples (or "
+                              "--lr-wsd-decay-iters): the length of the final decay")
+        wsd = t.lr_wsd_decay_samples or t.lr_wsd_decay_iters * gbs
+        if wsd > decay - warmup:
+            raise ConfigError(f"WSD decay ({wsd} samples) is longer than the period after "
+                              f"warmup ({decay - warmup} samples)")
+    return train, warmup, decay
+
+
 def check_model_shape(cfg: Config) -> None:
     m, tp = cfg.model, cfg.parallel.tensor_model_parallel_size
     pp = cfg.parallel.pipeline_model_parallel_size
@@ -99,6 +138,7 @@ def check_batch(cfg: Config, world_size: int) -> None:
                           f"(got --train-iters {t.train_iters}, --train-samples {t.train_samples})")
     if t.rampup_batch_size is not None:
         check_rampup(cfg, gbs, t.micro_batch_size * dp)
+    schedule_samples(cfg, gbs)
     if t.bf16 and t.fp16:
         raise ConfigError("--bf16 and --fp16 are mutually exclusive")
 

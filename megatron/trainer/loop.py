@@ -19,6 +19,9 @@ from megatron.trainer.batch_schedule import batch_size_at
 from megatron.trainer.engine import TrainEngine
 from megatron.trainer.metrics import TensorBoard, flops_per_token, format_log_line, peak_flops
 from megatron.trainer.signals import StopRequest
+from megatron.trainer.stability import SpikeDetector
+
+LOSS_SPIKE_EXIT_CODE = 3
 
 
 @dataclass
@@ -49,6 +52,9 @@ class Trainer:
         self.history: list[dict] = []  # one entry per logged interval, for callers and tests
         self.batch_sizes: list[int] = []  # global batch size of each step run
         self.skip_ranges = parse_iteration_ranges(cfg.training.skip_train_iteration_range)
+        t = cfg.training
+        self.spikes = SpikeDetector(t.loss_spike_threshold, t.loss_spike_window) \
+            if t.loss_spike_threshold else None
 
     def log(self, *msg) -> None:
         print_rank0(self.layout, *msg)
@@ -93,6 +99,16 @@ class Trainer:
             self.batch_sizes.append(gbs)
             interval["samples"] += gbs
             interval["loss"] += result.loss
+            spike = self.spikes.check(p.iteration, result.loss) if self.spikes else None
+            if spike:
+                self.log(spike.describe())
+                self.tb.scalars({"train/loss spike": result.loss}, p.iteration,
+                                p.consumed_samples, p.consumed_tokens)
+                if cfg.training.loss_spike_action == "stop":
+                    self.log(f"stopping without saving (--loss-spike-action stop); restart from "
+                             f"the last checkpoint with --skip-train-iteration-range covering "
+                             f"iteration {p.iteration}")
+                    raise SystemExit(LOSS_SPIKE_EXIT_CODE)
             interval["steps"] += 1
             interval["skipped"] += int(result.skipped)
             interval["time"] += dt

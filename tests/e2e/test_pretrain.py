@@ -131,9 +131,9 @@ def test_sigterm_to_one_rank_stops_all_with_a_checkpoint(tiny_data, tmp_path):
 
 def test_load_errors_are_clear_and_nothing_is_overwritten(tiny_data, tmp_path):
     ck = tmp_path / "ck"
-    pretrain(tiny_data, 1, "--micro-batch-size", "2", "--train-iters", "2", "--save", str(ck))
+    pretrain(tiny_data, 1, "--micro-batch-size", "2", "--train-iters", "3", "--save", str(ck))
     before = sorted(p.name for p in ck.iterdir())
-    assert before == ["global_step2", "latest"]  # no temporary folder left behind
+    assert before == ["global_step3", "latest"]  # no temporary folder left behind
     other_shape = pretrain(tiny_data, 1, "--micro-batch-size", "2", "--train-iters", "4",
                            "--hidden-size", "64", "--load", str(ck), "--save", str(ck),
                            check=False)
@@ -143,3 +143,13 @@ def test_load_errors_are_clear_and_nothing_is_overwritten(tiny_data, tmp_path):
                        "--load", str(tmp_path / "typo"), check=False)
     assert missing.returncode != 0 and "no checkpoint there" in missing.stderr
     assert sorted(p.name for p in ck.iterdir()) == before
+
+
+def test_loss_spike_stop_exits_with_code_3_and_names_the_iteration(tiny_data):
+    """With LR 0 the loss only fluctuates, so a tiny threshold must flag a step soon."""
+    out = pretrain(tiny_data, 1, "--micro-batch-size", "2", "--train-iters", "60", "--lr", "0",
+                   "--lr-warmup-iters", "0", "--loss-spike-threshold", "0.01",
+                   "--loss-spike-window", "10", "--loss-spike-action", "stop", check=False)
+    assert out.returncode != 0 and "(exitcode: 3)" in out.stderr  # torchrun reports the child's
+    assert "loss spike at iteration" in out.stdout
+    assert "--skip-train-iteration-range covering iteration" in out.stdout

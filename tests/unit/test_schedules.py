@@ -23,6 +23,38 @@ def test_warmup_longer_than_decay_is_an_error():
         schedule_samples(cfg, gbs=1)
 
 
+def test_token_lengths_become_samples():
+    cfg = parse_config(["--train-samples", "1000", "--seq-length", "128",
+                        "--lr-decay-tokens", "64000", "--lr-warmup-tokens", "1300"])
+    assert schedule_samples(cfg, gbs=8) == (1000, 11, 500)  # ceil(1300 / 128) = 11
+
+
+def _lrs(flags, steps, gbs=1):
+    cfg = parse_config(flags)
+    sched = build_lr_scheduler(build_optimizer(torch.nn.Linear(2, 2), cfg.optimizer), cfg, gbs)
+    out = []
+    for _ in range(steps):
+        sched.step(gbs)
+        out.append(sched.optimizer.param_groups[0]["lr"])
+    return out
+
+
+def test_warmup_stable_decay():
+    lrs = _lrs(["--train-iters", "100", "--lr", "1.0", "--min-lr", "0.0", "--lr-warmup-iters",
+                "10", "--lr-decay-style", "WSD", "--lr-wsd-decay-iters", "20",
+                "--lr-wsd-decay-style", "linear"], 100)
+    assert lrs[9] == 1.0 and lrs[79] == 1.0             # stable until step 80
+    assert lrs[89] == pytest.approx(0.5)                # halfway through the final decay
+    assert lrs[99] == pytest.approx(0.0)
+
+
+def test_wsd_needs_its_decay_length():
+    from megatron.config.validate import ConfigError
+    cfg = parse_config(["--train-iters", "100", "--lr-decay-style", "WSD"])
+    with pytest.raises(ConfigError, match="--lr-wsd-decay-samples"):
+        schedule_samples(cfg, gbs=1)
+
+
 def test_cosine_with_warmup_values():
     cfg = parse_config(["--train-iters", "100", "--lr-warmup-iters", "10", "--lr", "1e-3",
                         "--min-lr", "1e-4", "--lr-decay-style", "cosine"])
