@@ -53,7 +53,7 @@ def main(argv=None) -> Trainer:
     tokenizer = build_tokenizer(d.tokenizer_type or "ByteLevelTokenizer",
                                 tokenizer_model=d.tokenizer_model, vocab_file=d.vocab_file,
                                 tokenizer_name_or_path=d.tokenizer_name_or_path,
-                                merge_file=d.merge_file)
+                                merge_file=d.merge_file, vocab_size=d.vocab_size)
     m = cfg.model
     cfg = cfg.replace(model={"vocab_size": padded_vocab_size(
         tokenizer.vocab_size, m.make_vocab_size_divisible_by, layout.tp, m.pad_vocab_size_to)})

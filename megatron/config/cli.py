@@ -128,12 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add("--split", default="969,30,1", help="Train/valid/test split weights, e.g. 949,50,1.")
     d.add("--tokenizer-type", default=None,
           help="SentencePieceTokenizer, GPTSentencePieceTokenizer, HuggingFaceTokenizer, "
-               "GPT2BPETokenizer or ByteLevelTokenizer.")
+               "GPT2BPETokenizer, ByteLevelTokenizer or NullTokenizer (with --vocab-size).")
     d.add("--tokenizer-model", default=None, help="SentencePiece model file.")
     d.add("--tokenizer-name-or-path", default=None,
           help="Local HF tokenizer.json or directory.")
     d.add("--vocab-file", default=None, help="GPT-2 BPE vocab.json.")
     d.add("--merge-file", default=None, help="GPT-2 BPE merges.txt.")
+    d.add("--vocab-size", type=int, default=None,
+          help="NullTokenizer: ids are 0..N-1 (eod = N).")
     d.add("--data-cache-path", default=None,
           help="Directory for the dataset index caches (default: next to the data).")
     d.add("--reset-position-ids", action="store_true", help="Restart positions after EOD.")

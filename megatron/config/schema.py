@@ -80,6 +80,7 @@ class DataConfig:
     tokenizer_name_or_path: Optional[str] = None
     vocab_file: Optional[str] = None
     merge_file: Optional[str] = None
+    vocab_size: Optional[int] = None  # NullTokenizer's
     data_cache_path: Optional[str] = None
     reset_position_ids: bool = False
     reset_attention_mask: bool = False

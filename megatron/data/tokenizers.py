@@ -215,8 +215,28 @@ class ByteLevelTokenizer(_Tokenizer):
         return bytes(int(i) for i in ids if 0 <= int(i) < 256).decode("utf-8", errors="replace")
 
 
+class NullTokenizer(_Tokenizer):
+    """Megatron-LM's NullTokenizer: text is space-separated token ids below --vocab-size N;
+    eod = N, so the vocabulary has N + 1 ids. For pre-tokenised data and benchmarks."""
+
+    def __init__(self, vocab_size: int):
+        super().__init__("NullTokenizer")
+        self.vocab_size, self.eod, self.pad = vocab_size + 1, vocab_size, -1
+        self._finish()
+
+    def tokenize(self, text: str) -> list:
+        ids = [int(x) for x in text.split()]
+        bad = [i for i in ids if not 0 <= i < self.eod]
+        if bad:
+            raise ValueError(f"NullTokenizer: ids {bad[:5]} outside [0, --vocab-size {self.eod})")
+        return ids
+
+    def detokenize(self, ids) -> str:
+        return " ".join(str(int(i)) for i in ids)
+
+
 TOKENIZER_TYPES = ("SentencePieceTokenizer", "GPTSentencePieceTokenizer", "HuggingFaceTokenizer",
-                   "GPT2BPETokenizer", "ByteLevelTokenizer")
+                   "GPT2BPETokenizer", "ByteLevelTokenizer", "NullTokenizer")
 
 
 def _need_file(flag: str, value: Optional[str], tokenizer_type: str, directory_ok=False) -> str:
@@ -229,8 +249,13 @@ def _need_file(flag: str, value: Optional[str], tokenizer_type: str, directory_o
 
 def build_tokenizer(tokenizer_type: str, *, tokenizer_model: Optional[str] = None,
                     tokenizer_name_or_path: Optional[str] = None, vocab_file: Optional[str] = None,
-                    merge_file: Optional[str] = None) -> _Tokenizer:
+                    merge_file: Optional[str] = None, vocab_size: Optional[int] = None
+                    ) -> _Tokenizer:
     """Build a tokenizer from Megatron's flags (see module docstring)."""
+    if tokenizer_type == "NullTokenizer":
+        if not vocab_size or vocab_size < 1:
+            raise ValueError("--tokenizer-type NullTokenizer needs --vocab-size N (ids 0..N-1)")
+        return NullTokenizer(vocab_size)
     if tokenizer_type in ("SentencePieceTokenizer", "GPTSentencePieceTokenizer"):
         model = _need_file("--tokenizer-model", tokenizer_model, tokenizer_type)
         return SentencePieceTokenizer(model, name=tokenizer_type)

@@ -93,7 +93,8 @@ def initialize_parallel(pcfg: ParallelConfig, launch: LaunchEnv | None = None) -
         if backend == "auto":
             backend = "nccl" if use_cuda else "gloo"
         dist.init_process_group(backend, rank=launch.rank, world_size=launch.world_size,
-                                timeout=datetime.timedelta(minutes=pcfg.distributed_timeout_minutes))
+                                timeout=datetime.timedelta(minutes=pcfg.distributed_timeout_minutes),
+                                device_id=device if backend == "nccl" else None)
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
     parallel_state.initialize_model_parallel(

@@ -158,3 +158,15 @@ def test_padded_vocab_size():
         padded_vocab_size(258, pad_vocab_size_to=200)
     with pytest.raises(ValueError, match="--pad-vocab-size-to 301 is not divisible"):
         padded_vocab_size(258, tensor_model_parallel_size=2, pad_vocab_size_to=301)
+
+
+def test_null_tokenizer_reads_ids_and_rejects_out_of_range():
+    import pytest
+    from megatron.data.tokenizers import build_tokenizer
+    tok = build_tokenizer("NullTokenizer", vocab_size=100)
+    assert (tok.vocab_size, tok.eod, tok.pad) == (101, 100, -1)
+    assert tok.tokenize("3 5 99") == [3, 5, 99] and tok.detokenize([3, 5]) == "3 5"
+    with pytest.raises(ValueError, match="outside"):
+        tok.tokenize("100")
+    with pytest.raises(ValueError, match="--vocab-size"):
+        build_tokenizer("NullTokenizer")
