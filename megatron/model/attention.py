@@ -2,9 +2,14 @@
 
 The fused QKV weight's rows are laid out per head, (nh, 3, hs), so a contiguous TP slice of
 the output dimension holds whole heads (q, k and v of the same heads).
+
+Incremental decoding (inference only): setting `attention.kv_cache = KVCache()` makes forward
+append this call's keys/values to the cache and attend over all cached positions (causal by
+position id, ALiBi from the positions); `kv_cache = None` (the default) is the training path.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Optional
 
@@ -47,6 +52,7 @@ class SelfAttention(nn.Module):
                                  persistent=False)
         else:
             self.alibi_slopes = None
+        self.kv_cache: Optional[KVCache] = None  # set only for incremental decoding
 
     def forward(self, x, position_ids, prefix_lengths=None, document_ids=None):
         """x (B, T, H), position_ids (B, T) -> (B, T, H), replicated across TP ranks."""
@@ -58,10 +64,26 @@ class SelfAttention(nn.Module):
             cos, sin = rotary_cos_sin(position_ids, rotary_dim(self.head_dim, cfg.rotary_percent),
                                       cfg.rotary_base)
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        y = self._attend(q, k, v, position_ids, prefix_lengths, document_ids)  # (B, nh, T, hs)
+        if self.kv_cache is not None:
+            y = self._attend_cached(q, k, v, position_ids, prefix_lengths, document_ids)
+        else:
+            y = self._attend(q, k, v, position_ids, prefix_lengths, document_ids)  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim)
         out, _ = self.dense(y)  # (B, T, H), all-reduced over TP
         return out
+
+    def _attend_cached(self, q, k, v, position_ids, prefix_lengths, document_ids):
+        """Attend over the cache plus this call's tokens: key j is visible to query i when
+        pos_j <= pos_i. Eager math with the softmax in fp32; no dropout."""
+        if prefix_lengths is not None or document_ids is not None:
+            raise ValueError("the KV cache supports plain causal attention only")
+        k, v, k_pos = self.kv_cache.append(k, v, position_ids)  # (B, nh, S, hs), (B, S)
+        scores = torch.matmul(q.float(), k.float().transpose(-2, -1)) / math.sqrt(self.head_dim)
+        dist = position_ids[:, None, :, None] - k_pos[:, None, None, :]  # (B, 1, T, S)
+        if self.alibi_slopes is not None:
+            scores = scores - self.alibi_slopes.float()[None, :, None, None] * dist.abs()
+        scores = scores.masked_fill(dist < 0, float("-inf"))  # (B, nh, T, S)
+        return torch.matmul(torch.softmax(scores, dim=-1).to(v.dtype), v)  # (B, nh, T, hs)
 
     def _attend(self, q, k, v, position_ids, prefix_lengths, document_ids):
         cfg = self.cfg
@@ -82,7 +104,9 @@ class SelfAttention(nn.Module):
         mask = None if plain else masks.dense_mask(T, q.device, prefix_lengths, document_ids)
         bias = alibi_bias(self.alibi_slopes, position_ids) if has_alibi else None
         if kernel == "sdpa":
-            with self.rng.fork("sharded"):  # SDPA's dropout draws from the default generator
+            # SDPA's dropout draws from the default generator: give it the sharded stream (and
+            # touch no RNG state without dropout, which also keeps torch.compile graphs whole)
+            with self.rng.fork("sharded") if p > 0 else contextlib.nullcontext():
                 return kernels.sdpa_attention(q, k, v, mask=mask, bias=bias, scale=scale,
                                               dropout_p=p)
         # Only eager honours softmax_in_fp32 / query-key layer scaling: the fused SDPA and flex
@@ -92,3 +116,23 @@ class SelfAttention(nn.Module):
             q, k, v, mask=mask, bias=bias, scale=scale, layer_scale=layer_scale,
             softmax_in_fp32=cfg.attention_softmax_in_fp32 or cfg.apply_query_key_layer_scaling,
             dropout=lambda probs: dropout(probs, p, self.training, self.rng, "sharded"))
+
+
+class KVCache:
+    """One layer's keys and values (this rank's heads) of the tokens decoded so far."""
+
+    def __init__(self):
+        self.k = self.v = self.positions = None  # (B, nh, S, hs), (B, nh, S, hs), (B, S)
+
+    def append(self, k, v, position_ids):
+        """k, v (B, nh, T, hs), position_ids (B, T) -> all cached (k, v, positions)."""
+        if self.k is None:
+            self.k, self.v, self.positions = k, v, position_ids
+        else:
+            self.k = torch.cat([self.k, k], dim=2)
+            self.v = torch.cat([self.v, v], dim=2)
+            self.positions = torch.cat([self.positions, position_ids], dim=1)
+        return self.k, self.v, self.positions
+
+    def __len__(self) -> int:
+        return 0 if self.k is None else self.k.shape[2]
