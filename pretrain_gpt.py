@@ -13,12 +13,11 @@ from megatron.config.cli import parse_config
 from megatron.config.validate import ConfigError, global_batch_size, validate_config
 from megatron.data.gpt_datasets import SplitSizes, build_gpt_datasets, make_loader
 from megatron.data.tokenizers import build_tokenizer, padded_vocab_size
-from megatron.model.gpt import GPTModel
 from megatron.parallel.launch import resolve_launch_env
 from megatron.parallel.layout import destroy_parallel, initialize_parallel
 from megatron.trainer import checkpoint as ckpt
 from megatron.trainer.batch_schedule import build_batch_calculator, train_iterations
-from megatron.trainer.deepspeed_engine import DeepSpeedTrainEngine
+from megatron.trainer.build_engine import build_engine
 from megatron.trainer.loop import TrainData, Trainer, print_rank0
 from megatron.trainer.schedules import schedule_samples
 
@@ -43,6 +42,10 @@ def resume(engine, cfg, layout) -> ckpt.Progress:
 def main(argv=None) -> Trainer:
     cfg = parse_config(argv)
     launch = resolve_launch_env()
+    if cfg.training.dry_run:  # plan only: no process group, no weights
+        from megatron.trainer.dry_run import dry_run, vocab_for_dry_run
+        sys.exit(dry_run(cfg, launch.world_size if launch.world_size > 1 else None,
+                         vocab_for_dry_run(cfg)))
     try:
         validate_config(cfg, launch.world_size)
     except ConfigError as e:
@@ -58,10 +61,10 @@ def main(argv=None) -> Trainer:
     cfg = cfg.replace(model={"vocab_size": padded_vocab_size(
         tokenizer.vocab_size, m.make_vocab_size_divisible_by, layout.tp, m.pad_vocab_size_to)})
 
-    torch.manual_seed(t.seed)  # same full weights on every rank and for every TP size
-    model = GPTModel(cfg.model).to(layout.device)
+    torch.manual_seed(t.seed)  # same full weights on every rank and for every TP/PP size
     gbs = global_batch_size(cfg, layout.world_size)
-    engine = DeepSpeedTrainEngine(model, cfg, layout, gbs)
+    engine = build_engine(cfg, layout, gbs)  # GPTModel (PP = 1) or its pipeline stage
+    model = engine.model
     progress = ckpt.Progress()
     if cfg.checkpoint.load:
         try:

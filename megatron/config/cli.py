@@ -18,6 +18,7 @@ _GROUP_OF: dict[str, str] = {}
 
 POSITION_EMBEDDING_ALIASES = {"absolute": "learned_absolute", "learned": "learned_absolute",
                               "rotary": "rope"}
+TOKENIZER_TYPE_ALIASES = {"PretrainedFromHF": "HuggingFaceTokenizer"}  # Megatron-DeepSpeed's
 
 
 class _Flags:
@@ -121,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
             help="torch.distributed backend (auto: nccl on GPUs, gloo on CPU).")
     par.add("--distributed-timeout-minutes", type=int, default=30,
             help="Timeout of collective operations.")
+    par.add("--sync-tp-duplicated-parameters", action="store_true",
+            help="Average TP-duplicated parameters (norms, biases) across TP ranks each step "
+                 "(BLOOM). Not implemented yet: refused at start-up.")
 
     d = _Flags(p, "data", "data")
     d.add("--data-path", nargs="*", default=[],
@@ -145,6 +149,17 @@ def build_parser() -> argparse.ArgumentParser:
     d.add("--loss-on-targets-only", action="store_true",
           help="Prefix-LM: no loss on the prefix.")
     d.add("--num-workers", type=int, default=0, help="Data-loader worker processes.")
+    d.add("--valid-num-workers", type=int, default=None,
+          help="Accepted for compatibility; no effect on results (validation uses "
+               "--num-workers).")
+    d.add("--data-impl", default="mmap", choices=["mmap", "infer"],
+          help="Indexed dataset implementation; only mmap (megatron-core's format) exists.")
+    d.add("--train-weighted-split-paths-path", default=None,
+          help="File of weighted per-dataset train splits (BigScience). Not implemented yet: "
+               "refused at start-up; use --data-path with weights.")
+    d.add("--valid-weighted-split-paths-path", default=None,
+          help="File of weighted per-dataset validation splits (BigScience). Not implemented "
+               "yet: refused at start-up.")
     d.add("--mock-data", action="store_true", help="Random tokens instead of --data-path.")
 
     o = _Flags(p, "optimizer", "optimizer")
@@ -188,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add("--fp16", action="store_true", help="fp16 with dynamic loss scaling.")
     t.add("--checkpoint-activations", action="store_true",
           help="Recompute each layer's activations in backward (saves memory).")
+    t.add("--torch-compile", action="store_true",
+          help="torch.compile each transformer layer (regional compilation). Experimental: "
+               "megatron-core's linear layers still break the graphs; see docs/benchmarks.md.")
     t.add("--eval-interval", type=int, default=1000, help="Steps between validations.")
     t.add("--eval-iters", type=int, default=10, help="Batches per validation.")
     t.add("--exit-interval", type=int, default=None, help="Stop after this step (saving).")
@@ -212,6 +230,25 @@ def build_parser() -> argparse.ArgumentParser:
           help="DeepSpeed JSON (ZeRO, optimizer dtype settings); batch sizes must match flags.")
     t.add("--zero-stage", type=int, default=None, choices=[0, 1, 2, 3],
           help="ZeRO stage (overrides the DeepSpeed config's).")
+    t.add("--deepspeed-activation-checkpointing", action="store_true",
+          help="Accepted for compatibility: --checkpoint-activations recomputes each layer "
+               "(same results as DeepSpeed's checkpointing); no effect on its own.")
+    t.add("--partition-activations", action="store_true",
+          help="Shard checkpointed activations over TP ranks (DeepSpeed). Not implemented yet: "
+               "refused at start-up.")
+    t.add("--universal-checkpoint", action="store_true",
+          help="Load a DeepSpeed universal checkpoint (any layout). Not implemented yet: "
+               "refused at start-up.")
+    t.add("--abort-on-unmet-fused-kernel-constraints", action="store_true",
+          help="Accepted for compatibility; no effect (there is no fused-softmax fallback "
+               "path here: attention kernels are chosen by --attention-kernel).")
+    t.add("--dry-run", action="store_true",
+          help="Build config, topology and each pipeline stage's partition without weights, "
+               "print the memory/throughput plan (tools/plan.py) and exit.")
+    t.add("--dry-run-world-size", type=int, default=None,
+          help="GPUs for --dry-run (default: the launcher's world size, or TP x PP).")
+    t.add("--dry-run-gpu", default="H100-80GB",
+          help="GPU type for --dry-run's plan (see tools/plan.py --help).")
 
     c = _Flags(p, "checkpointing", "checkpoint")
     c.add("--save", default=None, help="Directory to save checkpoints in.")
@@ -225,6 +262,24 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add("--tensorboard-dir", default=None, help="Write TensorBoard events here.")
     lg.add("--log-params-norm", action="store_true",
            help="Also log the L2 norm of all parameters (costs one pass over them).")
+    lg.add("--log-level", default=None,
+           choices=["debug", "info", "warning", "error", "critical", "passive"],
+           help="Accepted for compatibility (Megatron-DeepSpeed's logger verbosity); no effect "
+                "on training.")
+    lg.add("--log-level-replica", default=None,
+           choices=["debug", "info", "warning", "error", "critical", "passive"],
+           help="Accepted for compatibility (verbosity of non-zero ranks); no effect on "
+                "training.")
+    lg.add("--tensorboard-queue-size", type=int, default=1000,
+           help="Accepted for compatibility (TensorBoard writer queue); no effect on training.")
+    lg.add("--log-timers-to-tensorboard", action="store_true",
+           help="Accepted for compatibility; step time is always logged.")
+    lg.add("--log-batch-size-to-tensorboard", action="store_true",
+           help="Accepted for compatibility; the global batch size is always logged.")
+    lg.add("--log-validation-ppl-to-tensorboard", action="store_true",
+           help="Accepted for compatibility; validation perplexity is always logged.")
+    lg.add("--codecarbon-dir", default=None,
+           help="Accepted for compatibility (emissions tracking); no effect, nothing written.")
     return p
 
 
@@ -238,6 +293,8 @@ def config_from_args(ns: argparse.Namespace) -> Config:
         groups.setdefault(_GROUP_OF[dest], {})[dest] = value
     groups["model"]["position_embedding_type"] = POSITION_EMBEDDING_ALIASES.get(
         groups["model"]["position_embedding_type"], groups["model"]["position_embedding_type"])
+    tok = groups["data"]["tokenizer_type"]
+    groups["data"]["tokenizer_type"] = TOKENIZER_TYPE_ALIASES.get(tok, tok)
     return Config().replace(**groups)
 
 

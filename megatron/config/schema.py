@@ -69,6 +69,7 @@ class ParallelConfig:
     pp_partition_method: str = "type:transformer"
     distributed_backend: str = "auto"  # auto: nccl on GPUs, gloo on CPU
     distributed_timeout_minutes: int = 30
+    sync_tp_duplicated_parameters: bool = False
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,10 @@ class DataConfig:
     eod_mask_loss: bool = False
     loss_on_targets_only: bool = False
     num_workers: int = 0
+    valid_num_workers: Optional[int] = None  # accepted; validation uses num_workers
+    data_impl: str = "mmap"
+    train_weighted_split_paths_path: Optional[str] = None
+    valid_weighted_split_paths_path: Optional[str] = None
     mock_data: bool = False
 
 
@@ -124,6 +129,7 @@ class TrainingConfig:
     bf16: bool = False
     fp16: bool = False
     checkpoint_activations: bool = False
+    torch_compile: bool = False
     eval_interval: int = 1000
     eval_iters: int = 10
     exit_interval: Optional[int] = None
@@ -136,6 +142,13 @@ class TrainingConfig:
     deepspeed: bool = True
     deepspeed_config: Optional[str] = None
     zero_stage: Optional[int] = None
+    deepspeed_activation_checkpointing: bool = False  # accepted; --checkpoint-activations recomputes
+    partition_activations: bool = False
+    universal_checkpoint: bool = False
+    abort_on_unmet_fused_kernel_constraints: bool = False  # accepted; no fused-kernel fallback
+    dry_run: bool = False
+    dry_run_world_size: Optional[int] = None
+    dry_run_gpu: str = "H100-80GB"
 
 
 @dataclass(frozen=True)
@@ -152,6 +165,14 @@ class LoggingConfig:
     log_interval: int = 100
     tensorboard_dir: Optional[str] = None
     log_params_norm: bool = False
+    # accepted for compatibility, no effect on training:
+    log_level: Optional[str] = None
+    log_level_replica: Optional[str] = None
+    tensorboard_queue_size: int = 1000
+    log_timers_to_tensorboard: bool = False
+    log_batch_size_to_tensorboard: bool = False
+    log_validation_ppl_to_tensorboard: bool = False
+    codecarbon_dir: Optional[str] = None
 
 
 @dataclass(frozen=True)

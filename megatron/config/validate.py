@@ -12,15 +12,21 @@ class ConfigError(ValueError):
     """A flag, or a combination of flags, this run cannot use."""
 
 
-# field (group, name) -> (default that means "off", the flag, the issue that lands it)
+# field (group, name) -> (default that means "off", the flag, the feature it would need)
 NOT_IMPLEMENTED_YET = {
-    ("parallel", "pipeline_model_parallel_size"): (1, "--pipeline-model-parallel-size > 1",
-                                                   "3D parallelism (pipeline engine)"),
-    ("parallel", "sequence_parallel"): (False, "--sequence-parallel", "3D parallelism"),
-    ("training", "checkpoint_activations"): (False, "--checkpoint-activations",
-                                             "3D parallelism (activation checkpointing)"),
-    ("data", "loss_on_targets_only"): (False, "--loss-on-targets-only", "prefix-LM data"),
-    ("model", "prefix_lm"): (False, "--prefix-lm", "prefix-LM data"),
+    ("parallel", "sequence_parallel"): (False, "--sequence-parallel", "sequence parallelism"),
+    ("parallel", "sync_tp_duplicated_parameters"): (
+        False, "--sync-tp-duplicated-parameters", "re-syncing TP-replicated weights"),
+    ("data", "train_weighted_split_paths_path"): (
+        None, "--train-weighted-split-paths-path", "BigScience's per-split blends"),
+    ("data", "valid_weighted_split_paths_path"): (
+        None, "--valid-weighted-split-paths-path", "BigScience's per-split blends"),
+    ("data", "loss_on_targets_only"): (False, "--loss-on-targets-only", "prefix-LM training data"),
+    ("model", "prefix_lm"): (False, "--prefix-lm", "prefix-LM training data"),
+    ("training", "partition_activations"): (
+        False, "--partition-activations", "activation partitioning over TP ranks"),
+    ("training", "universal_checkpoint"): (
+        False, "--universal-checkpoint", "DeepSpeed universal checkpoints"),
 }
 
 
@@ -28,8 +34,8 @@ def check_not_implemented(cfg: Config) -> None:
     for (group, name), (off, flag, where) in NOT_IMPLEMENTED_YET.items():
         value = getattr(getattr(cfg, group), name)
         if value != off:
-            raise ConfigError(f"{flag} (got {value!r}) is not implemented yet: it lands with "
-                              f"{where}. Remove the flag to run.")
+            raise ConfigError(f"{flag} (got {value!r}) is not implemented yet ({where}); "
+                              f"remove the flag to run")
 
 
 def parse_iteration_ranges(ranges) -> list[tuple[int, int]]:
@@ -114,9 +120,9 @@ def check_model_shape(cfg: Config) -> None:
     if m.ffn_size % tp:
         raise ConfigError(f"MLP size {m.ffn_size} (--ffn-hidden-size) is not divisible by "
                           f"--tensor-model-parallel-size {tp}")
-    if m.num_layers % pp:
-        raise ConfigError(f"--num-layers {m.num_layers} is not divisible by "
-                          f"--pipeline-model-parallel-size {pp}")
+    if m.num_layers < pp:  # uneven splits are fine: --pp-partition-method balances them
+        raise ConfigError(f"--num-layers {m.num_layers} is fewer than "
+                          f"--pipeline-model-parallel-size {pp}: a stage would have no layers")
     if m.seq_length > m.max_positions:
         raise ConfigError(f"--seq-length {m.seq_length} exceeds --max-position-embeddings "
                           f"{m.max_position_embeddings}")
@@ -189,6 +195,11 @@ def check_deepspeed_config(cfg: Config, world_size: int) -> Optional[dict]:
             raise ConfigError(f"--deepspeed_config {path}: {key} = {ds[key]} contradicts {flag} "
                               f"= {value}; remove it from the JSON (flags set it) or make them "
                               f"agree")
+    clip = ds.get("gradient_clipping", "auto")
+    if clip != "auto" and float(clip) != cfg.optimizer.clip_grad:
+        raise ConfigError(f"--deepspeed_config {path}: gradient_clipping = {clip} contradicts "
+                          f"--clip-grad = {cfg.optimizer.clip_grad}; remove it from the JSON "
+                          f"(flags set it) or make them agree")
     for key, flag, on in (("bf16", "--bf16", t.bf16), ("fp16", "--fp16", t.fp16)):
         enabled = ds.get(key, {}).get("enabled", False)
         if enabled not in ("auto",) and bool(enabled) != on and (enabled or on):

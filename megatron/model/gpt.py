@@ -21,14 +21,16 @@ from torch import nn
 
 from megatron.model.embedding import Embedding
 from megatron.model.head import OutputHead
-from megatron.model.layer import TransformerLayer
+from megatron.model.layer import TransformerLayer, checkpointed
 from megatron.model.rng import DropoutRNG
 from megatron.model.validate import check_model_config
 
 
 class GPTModel(nn.Module):
-    def __init__(self, cfg, params_dtype: torch.dtype = torch.float32):
+    def __init__(self, cfg, params_dtype: torch.dtype = torch.float32,
+                 checkpoint_activations: bool = False):
         super().__init__()
+        self.checkpoint_activations = checkpoint_activations  # recompute each layer in backward
         tp = parallel_state.get_tensor_model_parallel_world_size()
         check_model_config(cfg, tp)
         self.cfg = cfg
@@ -50,15 +52,32 @@ class GPTModel(nn.Module):
         if position_ids is None:
             position_ids = torch.arange(T, device=tokens.device).expand(B, T)
         h = self.embedding(tokens, position_ids)  # (B, T, H)
+        recompute = self.checkpoint_activations and self.training and torch.is_grad_enabled()
         for layer in self.layers:
-            h = layer(h, position_ids, prefix_lengths, document_ids)
+            if recompute:
+                h = checkpointed(layer, self.rng, h, position_ids, prefix_lengths, document_ids)
+            else:
+                h = layer(h, position_ids, prefix_lengths, document_ids)
         return self.head(h, self.embedding.weight if self.head.tied else None)
 
     @staticmethod
     def loss(logits, labels, loss_mask):
-        """Masked mean of the vocab-parallel cross entropy, in fp32."""
-        # megatron-core's cross entropy works in place on fp32 input: hand it a copy.
-        logits32 = logits.clone() if logits.dtype == torch.float32 else logits.float()
-        losses = vocab_parallel_cross_entropy(logits32, labels)  # (B, T)
+        """Masked mean of the (vocab-parallel) cross entropy, in fp32."""
+        if parallel_state.get_tensor_model_parallel_world_size() == 1:
+            losses = _cross_entropy_fp32(logits, labels)  # (B, T)
+        else:
+            # megatron-core's cross entropy works in place on fp32 input: hand it a copy.
+            logits32 = logits.clone() if logits.dtype == torch.float32 else logits.float()
+            losses = vocab_parallel_cross_entropy(logits32, labels)  # (B, T)
         mask = loss_mask.float()
         return (losses * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+@torch.compile(dynamic=False, disable=not torch.cuda.is_available())
+def _cross_entropy_fp32(logits, labels):
+    """(B, T, V) logits, (B, T) labels -> (B, T) losses. With the whole vocabulary on one rank,
+    one fused upcast + log-softmax + NLL (compiled on GPUs) does what megatron-core's
+    vocab-parallel version does in several passes over an fp32 copy of the logits."""
+    B, T, V = logits.shape
+    return torch.nn.functional.cross_entropy(logits.float().view(B * T, V), labels.reshape(-1),
+                                             reduction="none").view(B, T)

@@ -57,11 +57,17 @@ def resolve_launch_env(environ=None) -> LaunchEnv:
         port = int(env.get("MASTER_PORT", 6000 + int(env.get("SLURM_JOB_ID", "0")) % 20000))
         return LaunchEnv(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]),
                          int(env.get("SLURM_LOCALID", 0)), addr, port, "slurm")
-    return LaunchEnv(0, 1, 0, "127.0.0.1", int(env.get("MASTER_PORT", 0)) or free_port(), "single")
+    # a fresh port: a MASTER_PORT inherited from a parent process may be that process's own
+    return LaunchEnv(0, 1, 0, "127.0.0.1", free_port(), "single")
 
 
 def export_launch_env(le: LaunchEnv) -> None:
-    """Set the variables torch.distributed's env:// and DeepSpeed expect."""
+    """Set the launcher variables DeepSpeed and other libraries read (SLURM launches lack them).
+    A single process only gets LOCAL_RANK, so nothing leaks into the processes it starts (a
+    test suite, an sbatch from a notebook)."""
+    if le.launcher == "single":
+        os.environ.setdefault("LOCAL_RANK", "0")
+        return
     os.environ.update(RANK=str(le.rank), WORLD_SIZE=str(le.world_size),
                       LOCAL_RANK=str(le.local_rank), MASTER_ADDR=le.master_addr,
                       MASTER_PORT=str(le.master_port))

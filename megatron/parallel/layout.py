@@ -92,7 +92,9 @@ def initialize_parallel(pcfg: ParallelConfig, launch: LaunchEnv | None = None) -
         backend = pcfg.distributed_backend
         if backend == "auto":
             backend = "nccl" if use_cuda else "gloo"
-        dist.init_process_group(backend, rank=launch.rank, world_size=launch.world_size,
+        dist.init_process_group(backend, init_method=f"tcp://{launch.master_addr}:"
+                                f"{launch.master_port}", rank=launch.rank,
+                                world_size=launch.world_size,
                                 timeout=datetime.timedelta(minutes=pcfg.distributed_timeout_minutes),
                                 device_id=device if backend == "nccl" else None)
     if parallel_state.model_parallel_is_initialized():

@@ -110,10 +110,12 @@ def test_hidden_not_divisible_by_heads():
     assert "--hidden-size 100" in msg and "--num-attention-heads 8" in msg
 
 
-def test_layers_not_divisible_by_pp():
-    cfg = parse_config(TRAIN + ["--num-layers", "3", "--pipeline-model-parallel-size", "2"])
+def test_fewer_layers_than_pipeline_stages():
     from megatron.config.validate import check_model_shape
-    with pytest.raises(ConfigError, match="--num-layers 3 .*--pipeline-model-parallel-size 2"):
+    check_model_shape(parse_config(TRAIN + ["--num-layers", "3", "--pipeline-model-parallel-size",
+                                            "2"]))  # uneven: the partition method balances it
+    cfg = parse_config(TRAIN + ["--num-layers", "1", "--pipeline-model-parallel-size", "2"])
+    with pytest.raises(ConfigError, match="--num-layers 1 .*--pipeline-model-parallel-size 2"):
         check_model_shape(cfg)
 
 
@@ -164,7 +166,7 @@ def test_train_length_required():
 
 @pytest.mark.parametrize("argv,flag", [
     (["--sequence-parallel"], "--sequence-parallel"),
-    (["--checkpoint-activations"], "--checkpoint-activations"),
+    (["--universal-checkpoint"], "--universal-checkpoint"),
 ])
 def test_flags_of_later_features_fail_clearly(argv, flag):
     msg = _error(TRAIN + argv)
