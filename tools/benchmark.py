@@ -108,10 +108,9 @@ def main(argv=None) -> int:
     peak = matmul_peak_tflops() if os.environ.get("LOCAL_RANK", "0") == "0" else None
     prefix = args.data_dir / "random_text_document"
     ensure_dataset(prefix, tokens=4_000_000 if on_gpu else 200_000)
-    # log every `steps` steps; the last interval is the timed one, those before it warm up
-    iters = args.steps * (1 + -(-args.warmup // args.steps))
+    iters = args.warmup + args.steps  # every step is logged; the last `steps` are timed
     flags = PRESETS[args.preset] + [
-        "--train-iters", str(iters), "--log-interval", str(args.steps),
+        "--train-iters", str(iters), "--log-interval", "1",
         "--lr", "1e-4", "--lr-warmup-iters", "0", "--lr-decay-style", "constant",
         "--hidden-dropout", "0", "--attention-dropout", "0",
         "--data-path", str(prefix), "--split", "98,1,1", "--tokenizer-type", "NullTokenizer",
@@ -124,18 +123,28 @@ def main(argv=None) -> int:
     os.chdir(ROOT)
     import pretrain_gpt
     trainer = pretrain_gpt.main(flags + extra)
+    import torch.distributed as dist
+    mem_per_rank = [None] * trainer.layout.world_size  # peak GiB of every GPU
+    dist.all_gather_object(mem_per_rank, torch.cuda.max_memory_allocated() / 2**30
+                           if on_gpu else None)
     if trainer.layout.rank != 0:
         return 0
-    timed = [h for h in trainer.history if "tokens/s" in h][-1]
+    steps = [h for h in trainer.history if "tokens/s" in h]
+    timed = steps[-args.steps:]
+    seconds = sum(h["step ms"] for h in timed) / 1e3
+    tokens_per_s = sum(h["global batch"] for h in timed) * trainer.cfg.model.seq_length / seconds
+    tflops = tokens_per_s * trainer.flops_per_token / trainer.layout.world_size / 1e12
     result = {"preset": args.preset, "device": torch.cuda.get_device_name() if on_gpu else "cpu",
               "world_size": trainer.layout.world_size, "layout": trainer.layout.describe(),
-              "tokens_per_s": timed["tokens/s"], "step_ms": timed["step ms"],
-              "tflops_per_gpu": timed.get("TFLOP/s/GPU"), "mfu_datasheet_pct": timed.get("MFU %"),
-              "matmul_peak_tflops": peak, "mem_gib": timed.get("mem GiB"),
-              "flags": flags + extra}
-    if peak and result["tflops_per_gpu"]:
-        result["mfu_measured_peak_pct"] = 100 * result["tflops_per_gpu"] / peak
-    print("BENCHMARK " + json.dumps({k: v for k, v in result.items() if k != "flags"}))
+              "tokens_per_s": tokens_per_s, "step_ms": 1e3 * seconds / len(timed),
+              "tflops_per_gpu": tflops if on_gpu else None,
+              "mfu_datasheet_pct": 100 * tflops * 1e12 / trainer.peak if trainer.peak else None,
+              "matmul_peak_tflops": peak, "mem_gib_per_rank": mem_per_rank,
+              "losses": {h["iteration"]: h["loss"] for h in steps}, "flags": flags + extra}
+    if peak and on_gpu:
+        result["mfu_measured_peak_pct"] = 100 * tflops / peak
+    print("BENCHMARK " + json.dumps({k: v for k, v in result.items()
+                                     if k not in ("flags", "losses")}))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     return 0
