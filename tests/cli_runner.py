@@ -9,7 +9,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(cmd, timeout=600, env=None, check=True):
-    full_env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
+    # no launcher variables of this process leak in (torchrun or the child picks its own)
+    full_env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
+    full_env.update(OMP_NUM_THREADS="1", **(env or {}))
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
                          env=full_env)
     if check and out.returncode != 0:
@@ -18,6 +20,7 @@ def run(cmd, timeout=600, env=None, check=True):
     return out
 
 
+LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 LOG_LINE = re.compile(r"iteration (\d+)/\d+ \|.*?\| loss ([0-9.]+) \|")
 
 

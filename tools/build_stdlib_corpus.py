@@ -3,7 +3,11 @@
 Every machine with Python has it, so the quickstart needs no download. One document per module:
 its docstring followed by the docstrings of its classes and functions, in source order.
 
-    python tools/build_stdlib_corpus.py --output data/stdlib.jsonl --max-mb 6
+    python tools/build_stdlib_corpus.py --output data/stdlib.jsonl --max-mb 6 \
+        --heldout-output data/heldout.jsonl --heldout-every 20
+
+With --heldout-output, every Nth module goes there instead (text the model never trains on,
+for evaluation).
 """
 from __future__ import annotations
 
@@ -49,28 +53,42 @@ def main(argv=None) -> int:
     p.add_argument("--stdlib", default=sysconfig.get_paths()["stdlib"],
                    help="Standard library directory (default: this interpreter's).")
     p.add_argument("--overwrite", action="store_true", help="Replace an existing --output.")
+    p.add_argument("--heldout-output", default=None,
+                   help="Write every --heldout-every-th module here instead of --output.")
+    p.add_argument("--heldout-every", type=int, default=20, help="See --heldout-output.")
     args = p.parse_args(argv)
     out = Path(args.output)
-    if out.exists() and not args.overwrite:
+    if out.exists() and not args.overwrite and (
+            args.heldout_output is None or Path(args.heldout_output).exists()):
         print(f"{out} exists; keeping it (pass --overwrite to rebuild)", file=sys.stderr)
         return 0
     out.parent.mkdir(parents=True, exist_ok=True)
-    t0, n_docs, n_bytes = time.time(), 0, 0
+    t0, n_docs, n_bytes, n_held = time.time(), 0, 0, 0
     tmp = out.with_suffix(out.suffix + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for path in module_files(Path(args.stdlib)):
+    held_path = Path(args.heldout_output) if args.heldout_output else None
+    held_tmp = held_path.with_suffix(held_path.suffix + ".tmp") if held_path else None
+    with tmp.open("w", encoding="utf-8") as f, \
+            (held_tmp.open("w", encoding="utf-8") if held_tmp else open(os.devnull, "w")) as h:
+        for i, path in enumerate(module_files(Path(args.stdlib))):
             text = module_document(path)
             if not text:
                 continue
-            f.write(json.dumps({"text": text, "source": str(path.relative_to(args.stdlib))}) +
-                    "\n")
+            line = json.dumps({"text": text, "source": str(path.relative_to(args.stdlib))})
+            if held_path and i % args.heldout_every == args.heldout_every - 1:
+                h.write(line + "\n")
+                n_held += 1
+                continue
+            f.write(line + "\n")
             n_docs += 1
             n_bytes += len(text.encode("utf-8"))
             if n_bytes >= args.max_mb * 1e6:
                 break
     tmp.replace(out)
+    if held_tmp:
+        held_tmp.replace(held_path)
     print(f"wrote {out}: {n_docs} documents, {n_bytes / 1e6:.1f} MB of docstrings from "
-          f"{args.stdlib} in {time.time() - t0:.1f}s")
+          f"{args.stdlib} in {time.time() - t0:.1f}s"
+          + (f"; {n_held} held-out documents in {held_path}" if held_path else ""))
     return 0
 
 
