@@ -1,0 +1,99 @@
+"""Scaling-law fitter (megatron/eval/scaling.py, tools/scaling_fit.py): recovers known laws."""
+import csv
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from megatron.eval.scaling import (CHINCHILLA, compute_optimal, fit_joint, fit_power, joint_loss,
+                                   power_loss, synthetic_runs)
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
+
+
+def test_joint_fit_recovers_chinchilla_coefficients_exactly_from_noiseless_points():
+    """Points drawn from Hoffmann et al.'s published approach-3 law (E 1.69, A 406.4, B 410.7,
+    alpha 0.34, beta 0.28) on N in 1e7..1e10, D in 1e9..1e12: every coefficient back to 0.1%."""
+    n, d, loss = synthetic_runs(CHINCHILLA)
+    fit = fit_joint(n, d, loss)
+    for k, v in CHINCHILLA.items():
+        assert fit.params[k] == pytest.approx(v, rel=1e-3), k
+
+
+def test_joint_fit_with_noise_is_within_stated_error_and_ci_covers_truth():
+    """0.5% log-normal noise on 49 runs: exponents within +-0.03, E within +-0.05, A and B within
+    40% (A, B trade off against the exponents), and the 95% bootstrap intervals of alpha, beta
+    and E contain the true values."""
+    n, d, loss = synthetic_runs(CHINCHILLA, noise=0.005, seed=1)
+    fit = fit_joint(n, d, loss, bootstrap=40, seed=0)
+    p = fit.params
+    assert abs(p["alpha"] - 0.34) < 0.03 and abs(p["beta"] - 0.28) < 0.03
+    assert abs(p["E"] - 1.69) < 0.05
+    assert p["A"] == pytest.approx(406.4, rel=0.4) and p["B"] == pytest.approx(410.7, rel=0.4)
+    for k in ("alpha", "beta", "E"):
+        lo, hi = fit.ci[k]
+        assert lo <= CHINCHILLA[k] <= hi, (k, lo, hi)
+    # the predicted loss at an unseen point is tighter than the coefficients
+    assert fit.predict(3e9, 3e11) == pytest.approx(joint_loss(3e9, 3e11, **CHINCHILLA), rel=0.01)
+
+
+def test_compute_optimal_closed_form_matches_numeric_minimum_and_papers_exponents():
+    C = 5.76e23  # Gopher's budget
+    opt = compute_optimal(C, **CHINCHILLA)
+    assert 6 * opt["N_opt"] * opt["D_opt"] == pytest.approx(C, rel=1e-9)
+    ns = np.logspace(8, 12, 20001)
+    numeric = ns[np.argmin(joint_loss(ns, C / (6 * ns), **CHINCHILLA))]
+    assert opt["N_opt"] == pytest.approx(numeric, rel=1e-3)
+    # Hoffmann et al. report N_opt ~ C^0.46, D_opt ~ C^0.54 for approach 3 (rounded coefficients
+    # give beta / (alpha + beta) = 0.452)
+    assert opt["a"] == pytest.approx(0.46, abs=0.01) and opt["b"] == pytest.approx(0.54, abs=0.01)
+    # and tens of billions of parameters for Gopher's budget (their Table 3: 40B)
+    assert 2e10 < opt["N_opt"] < 6e10
+
+
+def test_power_law_fit_recovers_kaplan_exponent():
+    """L(N) = (8.8e13 / N)^0.076 (Kaplan et al.) on 12 sizes with 0.5% noise: alpha_N within
+    0.005 and inside the bootstrap interval; noiseless: exact."""
+    x = np.logspace(6, 9.5, 12)
+    exact = fit_power(x, power_loss(x, 8.8e13, 0.076))
+    assert exact.exponent == pytest.approx(0.076, rel=1e-6)
+    assert exact.x_c == pytest.approx(8.8e13, rel=1e-4)
+    noisy = power_loss(x, 8.8e13, 0.076) * np.exp(np.random.default_rng(3).normal(0, 0.005, 12))
+    for huber in (False, True):
+        f = fit_power(x, noisy, huber=huber, bootstrap=200)
+        assert abs(f.exponent - 0.076) < 0.005
+        assert f.ci["exponent"][0] <= 0.076 <= f.ci["exponent"][1]
+    d_fit = fit_power(np.logspace(8, 11, 8), power_loss(np.logspace(8, 11, 8), 5.4e13, 0.095))
+    assert d_fit.exponent == pytest.approx(0.095, rel=1e-6)
+
+
+def test_joint_fit_refuses_too_few_runs():
+    with pytest.raises(ValueError, match="5 parameters"):
+        fit_joint([1e7, 1e8], [1e9, 1e10], [3.0, 2.5])
+
+
+def test_cli_reads_an_ablate_results_csv_and_predicts_allocation(tmp_path):
+    n, d, loss = synthetic_runs(CHINCHILLA, n_values=np.logspace(7, 9, 5),
+                                d_values=np.logspace(9, 11, 5))
+    path = tmp_path / "results.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["run", "status", "n_params", "n_params_non_embedding", "tokens", "val_loss"])
+        for i, (a, b, c) in enumerate(zip(n, d, loss)):
+            w.writerow([f"r{i}", "ok", int(a), int(a * 0.9), int(b), c])
+        w.writerow(["broken", "failed (1)", 1e8, 1e8, 1e10, "nan"])
+    out = subprocess.run([sys.executable, "tools/scaling_fit.py", "--input", str(path),
+                          "--budget", "1e21", "--bootstrap", "10", "--output-dir",
+                          str(tmp_path / "fit")], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "25 runs" in out.stdout and "N_opt" in out.stdout
+    res = json.loads((tmp_path / "fit" / "fit.json").read_text())
+    assert res["L(N,D)"]["params"]["alpha"] == pytest.approx(0.34, rel=0.01)
+    assert res["compute_optimal"][0]["N_opt"] == pytest.approx(
+        compute_optimal(1e21, **CHINCHILLA)["N_opt"], rel=0.05)
+    assert (tmp_path / "fit" / "scaling_fit.png").stat().st_size > 1000
+    assert math.isfinite(res["L(N)"]["exponent"])
