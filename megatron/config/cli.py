@@ -109,7 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add("--attention-kernel", default="auto", choices=["auto", "eager", "sdpa", "flex"],
           help="Attention implementation; auto picks the fastest that supports the mask.")
     m.add("--prefix-lm", action="store_true",
-          help="Prefix-LM: bidirectional attention over a per-sample prefix.")
+          help="Prefix-LM: each sample is split at a random point (drawn from its tokens and "
+               "--seed, the same on every rank and layout); positions before it attend "
+               "bidirectionally. Combines with --reset-attention-mask.")
 
     par = _Flags(p, "parallelism", "parallel")
     par.add("--tensor-model-parallel-size", type=int, default=1, help="Tensor-parallel size.")
@@ -147,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
           help="Attend only within the same document (mask across EOD).")
     d.add("--eod-mask-loss", action="store_true", help="No loss on EOD tokens.")
     d.add("--loss-on-targets-only", action="store_true",
-          help="Prefix-LM: no loss on the prefix.")
+          help="Prefix-LM: no loss on the prefix (only on the targets after the split); "
+               "needs --prefix-lm.")
     d.add("--num-workers", type=int, default=0, help="Data-loader worker processes.")
     d.add("--valid-num-workers", type=int, default=None,
           help="Accepted for compatibility; no effect on results (validation uses "

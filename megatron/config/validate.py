@@ -21,8 +21,6 @@ NOT_IMPLEMENTED_YET = {
         None, "--train-weighted-split-paths-path", "BigScience's per-split blends"),
     ("data", "valid_weighted_split_paths_path"): (
         None, "--valid-weighted-split-paths-path", "BigScience's per-split blends"),
-    ("data", "loss_on_targets_only"): (False, "--loss-on-targets-only", "prefix-LM training data"),
-    ("model", "prefix_lm"): (False, "--prefix-lm", "prefix-LM training data"),
     ("training", "partition_activations"): (
         False, "--partition-activations", "activation partitioning over TP ranks"),
     ("training", "universal_checkpoint"): (
@@ -220,8 +218,27 @@ def check_data(cfg: Config) -> None:
         if missing:
             raise ConfigError(f"--data-path {prefix}: missing {', '.join(missing)} (give the "
                               f"prefix without .bin/.idx, e.g. data/corpus_text_document)")
+        from megatron.data.gpt_datasets import IndexedDatasetError, check_indexed_dataset
+        try:
+            check_indexed_dataset(prefix)
+        except IndexedDatasetError as e:
+            raise ConfigError(f"--data-path {prefix}: {e}") from e
     if d.tokenizer_type is None:
         raise ConfigError("--tokenizer-type is required with --data-path")
+
+
+def check_prefix_lm(cfg: Config) -> None:
+    """--loss-on-targets-only needs --prefix-lm. --prefix-lm with --reset-attention-mask is
+    allowed: megatron/model/masks.py combines them (one prefix per sample, attention kept
+    within each document: (k <= q or k < prefix) and same document)."""
+    m, d = cfg.model, cfg.data
+    if d.loss_on_targets_only and not m.prefix_lm:
+        raise ConfigError("--loss-on-targets-only needs --prefix-lm (it drops the loss on the "
+                          "prefix of each sample): add --prefix-lm or remove "
+                          "--loss-on-targets-only")
+    if m.prefix_lm and m.seq_length < 2:
+        raise ConfigError(f"--prefix-lm needs --seq-length >= 2 (a prefix and a target token), "
+                          f"got {m.seq_length}")
 
 
 def validate_config(cfg: Config, world_size: int) -> None:
@@ -229,6 +246,7 @@ def validate_config(cfg: Config, world_size: int) -> None:
     parse_iteration_ranges(cfg.training.skip_train_iteration_range)
     data_parallel_size(cfg, world_size)
     check_model_shape(cfg)
+    check_prefix_lm(cfg)
     check_batch(cfg, world_size)
     check_deepspeed_config(cfg, world_size)
     check_data(cfg)

@@ -3,12 +3,18 @@
 megatron-core's `BlendedMegatronDatasetBuilder` builds the shuffled sample indices on rank 0
 first (cached under `--data-cache-path`), then every other rank loads them: built once, no race.
 Every rank builds its own datasets (the files are memory-mapped), so no broadcast is needed.
+Each `.bin` is checked against its `.idx` first (`check_indexed_dataset`): megatron-core reads
+whatever bytes are there, so a truncated `.bin` or an `.idx` of another dataset would otherwise
+give garbage tokens or fail later without naming the file.
 """
 from __future__ import annotations
 
+import os
+import struct
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy
 import torch
 
 from megatron.config.schema import DataConfig
@@ -23,6 +29,60 @@ class SplitSizes:
     test: int
 
 
+class IndexedDatasetError(ValueError):
+    """A `.bin`/`.idx` pair that does not belong together (truncated, swapped, corrupt)."""
+
+
+_HEADER_BYTES = 34  # magic (9), version (8), dtype code (1), sequence and document counts (8+8)
+
+
+def check_indexed_dataset(prefix: str) -> None:
+    """Check that PREFIX.idx is a whole index and PREFIX.bin holds exactly the tokens it
+    describes (sizes, pointers, dtype); IndexedDatasetError naming the file otherwise."""
+    from megatron.core.datasets.indexed_dataset import DType, get_bin_path, get_idx_path
+
+    from megatron.data.indexed_io import read_dtype
+    idx, bin_ = get_idx_path(prefix), get_bin_path(prefix)
+    try:
+        dtype = read_dtype(prefix)
+    except (ValueError, KeyError) as e:
+        raise IndexedDatasetError(f"{idx}: {e}") from e
+    with open(idx, "rb") as f:
+        f.seek(_HEADER_BYTES - 16)
+        counts = f.read(16)
+    if len(counts) < 16:
+        raise IndexedDatasetError(f"{idx}: truncated index (no sequence/document counts)")
+    sequences, documents = struct.unpack("<QQ", counts)
+    idx_size = os.path.getsize(idx)
+    arrays = _HEADER_BYTES + 12 * sequences + 8 * documents
+    if idx_size not in (arrays, arrays + sequences):  # (+ int8 modes when multimodal)
+        raise IndexedDatasetError(f"{idx}: {idx_size} bytes, but its header announces "
+                                  f"{sequences} sequences and {documents} document indices "
+                                  f"({arrays} bytes): truncated or corrupt index")
+    if sequences == 0:
+        return
+    lengths = numpy.memmap(idx, dtype=numpy.int32, mode="r", offset=_HEADER_BYTES,
+                           shape=(sequences,))
+    pointers = numpy.memmap(idx, dtype=numpy.int64, mode="r",
+                            offset=_HEADER_BYTES + 4 * sequences, shape=(sequences,))
+    docs = numpy.memmap(idx, dtype=numpy.int64, mode="r",
+                        offset=_HEADER_BYTES + 12 * sequences, shape=(documents,))
+    item = DType.size(dtype)
+    want = int(lengths.sum(dtype=numpy.int64)) * item
+    have = os.path.getsize(bin_) if os.path.isfile(bin_) else None
+    if have is None:
+        raise IndexedDatasetError(f"{bin_}: missing (its index is {idx})")
+    if have != want or pointers[0] != 0 or \
+            int(pointers[-1]) + int(lengths[-1]) * item != want:
+        raise IndexedDatasetError(
+            f"{bin_}: {have} bytes, but {idx} describes {sequences} sequences of "
+            f"{numpy.dtype(dtype).name} tokens in {want} bytes: the .bin is truncated or the "
+            f".idx belongs to another dataset (re-run tools/preprocess_data.py)")
+    if documents == 0 or docs[0] != 0 or docs[-1] != sequences:
+        raise IndexedDatasetError(f"{idx}: document indices do not cover its {sequences} "
+                                  f"sequences: corrupt index")
+
+
 def build_gpt_datasets(data: DataConfig, tokenizer, seq_length: int, seed: int,
                        sizes: SplitSizes):
     """(train, valid, test) datasets of at least the given numbers of samples (None if empty)."""
@@ -31,6 +91,8 @@ def build_gpt_datasets(data: DataConfig, tokenizer, seq_length: int, seed: int,
     from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig, MockGPTDataset
 
     blend = None if data.mock_data else megatron_blend(data.data_path)
+    for prefix in blend[0] if blend else ():
+        check_indexed_dataset(prefix)
     config = GPTDatasetConfig(
         random_seed=seed, sequence_length=seq_length, blend=blend,
         split=data.split, path_to_cache=data.data_cache_path, tokenizer=tokenizer,

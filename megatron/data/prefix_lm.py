@@ -29,6 +29,13 @@ def prefix_lengths(batch_size: int, seq_length: int, seed: int,
     return torch.randint(1, seq_length, (batch_size,), generator=generator)
 
 
+def targets_loss_mask(lengths: torch.Tensor, seq_length: int) -> torch.Tensor:
+    """(B, T) float32: 1 from the last prefix position on (t >= p - 1), the positions whose
+    labels are targets."""
+    positions = torch.arange(seq_length, device=lengths.device)
+    return (positions[None, :] >= (lengths[:, None] - 1)).float()
+
+
 def prefix_lm_masks(tokens: torch.Tensor, seed: int,
                     prefix_length: Optional[Union[int, torch.Tensor]] = None,
                     loss_on_targets_only: bool = True):
@@ -41,7 +48,7 @@ def prefix_lm_masks(tokens: torch.Tensor, seed: int,
     lengths = prefix_lengths(batch, seq, seed, prefix_length).to(tokens.device)
     positions = torch.arange(seq, device=tokens.device)
     if loss_on_targets_only:
-        loss_mask = (positions[None, :] >= (lengths[:, None] - 1)).float()
+        loss_mask = targets_loss_mask(lengths, seq)
     else:
         loss_mask = torch.ones(batch, seq, device=tokens.device)
     causal = positions[None, :] <= positions[:, None]  # (T, T): query row sees key column

@@ -85,7 +85,8 @@ class DeepSpeedTrainEngine(TrainEngine):
 
     def _loss(self, batch: Batch) -> torch.Tensor:
         b = batch.to(self.layout.device)
-        logits = self.engine(b.tokens, position_ids=b.position_ids, document_ids=b.document_ids)
+        logits = self.engine(b.tokens, position_ids=b.position_ids,
+                             prefix_lengths=b.prefix_lengths, document_ids=b.document_ids)
         return self.model.loss(logits, b.labels, b.loss_mask)
 
     def train_step(self, micro_batches: Sequence[Batch], samples: int) -> StepResult:

@@ -56,6 +56,12 @@ class Trainer:
         self.spikes = SpikeDetector(t.loss_spike_threshold, t.loss_spike_window) \
             if t.loss_spike_threshold else None
 
+    def _prefix_lm_options(self) -> dict:
+        """make_batch's prefix-LM keywords (--prefix-lm, --loss-on-targets-only, --seed)."""
+        cfg = self.cfg
+        return dict(prefix_lm=cfg.model.prefix_lm,
+                    loss_on_targets_only=cfg.data.loss_on_targets_only, seed=cfg.training.seed)
+
     def log(self, *msg) -> None:
         print_rank0(self.layout, *msg)
 
@@ -81,8 +87,8 @@ class Trainer:
             gbs = batch_size_at(self.calc, p.consumed_samples)
             self.engine.set_global_batch_size(gbs)
             accum = gbs // (cfg.training.micro_batch_size * self.layout.dp)
-            micro = [make_batch(next(train_iter), self.data.eod, cfg.data.reset_attention_mask)
-                     for _ in range(accum)]
+            micro = [make_batch(next(train_iter), self.data.eod, cfg.data.reset_attention_mask,
+                                **self._prefix_lm_options()) for _ in range(accum)]
             if any(a <= p.iteration + 1 <= b for a, b in self.skip_ranges):
                 self.engine.skip_step(gbs)
                 p.iteration += 1
@@ -167,7 +173,8 @@ class Trainer:
         if loader is None:
             return None
         loss = evaluate_loss(self.engine, loader, self.cfg.training.eval_iters, self.data.eod,
-                             self.cfg.data.reset_attention_mask, self.layout)
+                             self.cfg.data.reset_attention_mask, self.layout,
+                             **self._prefix_lm_options())
         if loss is None:
             return None
         ppl = math.exp(min(loss, 50.0))

@@ -4,15 +4,19 @@
     module = build_pipeline_module(cfg, layout)  # after initialize_parallel(...)
 
 Specs (index: spec), partitioned over the pipeline stages by `--pp-partition-method`:
-    0        TiedLayerSpec("embed", EmbeddingPipe)          (tokens, pos[, docs]) -> (h, pos[, docs])
-    1..N     LayerSpec(TransformerLayerPipe, layer_number)  (h, pos[, docs]) -> (h, pos[, docs])
+    0        TiedLayerSpec("embed", EmbeddingPipe)          (tokens, pos, *masks) ->
+                                                             (h, pos, *masks)
+    1..N     LayerSpec(TransformerLayerPipe, layer_number)  (h, pos, *masks) -> (h, pos, *masks)
     N+1      TiedLayerSpec("embed", forward_fn=_with_word_embedding_weight)   (tied only)
-                                                             (h, pos[, docs]) -> (h, W)
+                                                             (h, pos, *masks) -> (h, W)
     last     LayerSpec(OutputHeadPipe)                       (h[, W]) -> logits (B, T, V / TP)
-h is (B, T, H) in the params dtype; pos/docs are (B, T) int64, which DeepSpeed sends without
-gradients. The tied "embed" module exists on the first and last stage; DeepSpeed broadcasts its
-word embedding from the first stage at start-up and all-reduces its gradient across the two.
-Its other parameters (positions, embedding norm) are unused copies on the last stage.
+h is (B, T, H) in the params dtype; pos is (B, T) int64; masks is [prefix_lengths (B,)]
+[document_ids (B, T)], each int64 and present only when used (--prefix-lm,
+--reset-attention-mask), told apart by their number of dims. DeepSpeed sends the int64 tensors
+without gradients. The tied "embed" module exists on the first and last stage; DeepSpeed
+broadcasts its word embedding from the first stage at start-up and all-reduces its gradient
+across the two. Its other parameters (positions, embedding norm) are unused copies on the last
+stage.
 The loss is GPTModel.loss on (logits, (labels, loss_mask)).
 
 Every spec is built with the default generator in the state GPTModel.__init__ would have at that
@@ -41,18 +45,29 @@ from megatron.model.validate import check_model_config
 from megatron.parallel.layout import ParallelLayout
 
 
+def _mask_inputs(rest):
+    """(prefix_lengths or None, document_ids or None) from the optional pipeline inputs."""
+    prefix_lengths = document_ids = None
+    for t in rest:
+        if t.dim() == 1:
+            prefix_lengths = t
+        else:
+            document_ids = t
+    return prefix_lengths, document_ids
+
+
 class EmbeddingPipe(Embedding):
     def forward(self, inputs):
-        """(tokens, position_ids[, document_ids]) -> (h (B, T, H), position_ids[, document_ids])."""
+        """(tokens, position_ids, *masks) -> (h (B, T, H), position_ids, *masks)."""
         tokens, position_ids, *rest = inputs
         return (super().forward(tokens, position_ids), position_ids, *rest)
 
 
 class TransformerLayerPipe(TransformerLayer):
     def forward(self, inputs):
-        """(h, position_ids[, document_ids]) -> same, h transformed."""
+        """(h, position_ids, *masks) -> same, h transformed."""
         h, position_ids, *rest = inputs
-        h = super().forward(h, position_ids, None, rest[0] if rest else None)
+        h = super().forward(h, position_ids, *_mask_inputs(rest))
         return (h, position_ids, *rest)
 
 

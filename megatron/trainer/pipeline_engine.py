@@ -48,11 +48,12 @@ class PipelineTrainEngine(DeepSpeedTrainEngine):
             self.engine.clip_fp32_gradients = self._clip_fp32_gradients
 
     def _samples(self, micro_batches: Sequence[Batch]):
-        """((tokens, position_ids[, document_ids]), (labels, loss_mask)) per micro-batch."""
+        """((tokens, position_ids[, prefix_lengths][, document_ids]), (labels, loss_mask)) per
+        micro-batch (pipeline.py tells the optional ones apart by their shapes)."""
         for mb in micro_batches:
             b = mb.to(self.layout.device)
-            docs = () if b.document_ids is None else (b.document_ids,)
-            yield (b.tokens, b.position_ids, *docs), (b.labels, b.loss_mask)
+            extra = tuple(t for t in (b.prefix_lengths, b.document_ids) if t is not None)
+            yield (b.tokens, b.position_ids, *extra), (b.labels, b.loss_mask)
 
     def train_step(self, micro_batches: Sequence[Batch], samples: int) -> StepResult:
         if len(micro_batches) != self.grad_accum:

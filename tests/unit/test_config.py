@@ -167,10 +167,21 @@ def test_train_length_required():
 @pytest.mark.parametrize("argv,flag", [
     (["--sequence-parallel"], "--sequence-parallel"),
     (["--universal-checkpoint"], "--universal-checkpoint"),
+    (["--partition-activations"], "--partition-activations"),
 ])
 def test_flags_of_later_features_fail_clearly(argv, flag):
     msg = _error(TRAIN + argv)
     assert flag in msg and "not implemented yet" in msg
+
+
+def test_prefix_lm_flags():
+    msg = _error(TRAIN + ["--loss-on-targets-only"])
+    assert "--loss-on-targets-only" in msg and "--prefix-lm" in msg
+    for argv in (["--prefix-lm"], ["--prefix-lm", "--loss-on-targets-only"],
+                 ["--prefix-lm", "--loss-on-targets-only", "--reset-attention-mask"]):
+        cfg = parse_config(TRAIN + argv)
+        validate_config(cfg, 1)  # masks.py combines prefix and document masks
+        assert cfg.model.prefix_lm
 
 
 def test_pretrain_cli_reports_config_errors_without_traceback():
