@@ -72,6 +72,6 @@ gpt3d_train() {
 # True if the trainer saved and stopped on a signal (not the kill switch) or, with
 # REQUEUE_ON_EXIT=1, on --exit-duration-in-mins.
 gpt3d_stopped_for_requeue() {
-  grep -Eq "^stopping at iteration [0-9]+: (SIG|another rank)" "$1" && return 0
+  grep -Eq "^stopping at iteration [0-9]+: SIG" "$1" && return 0
   [ "${REQUEUE_ON_EXIT:-0}" = 1 ] && grep -Eq "^exiting at iteration [0-9]+ " "$1"
 }

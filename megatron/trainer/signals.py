@@ -26,15 +26,30 @@ class StopRequest:
         self.reason = signal.Signals(signum).name
 
     def requested(self, device: torch.device) -> bool:
-        """True on every rank if any rank got a signal or sees the kill switch (a collective)."""
+        """True on every rank if any rank got a signal or sees the kill switch (a collective);
+        then `reason` names it on every rank."""
         if self.reason is None and self.kill_switch_path and os.path.exists(self.kill_switch_path):
             self.reason = f"kill switch {self.kill_switch_path}"
-        flag = torch.tensor([1 if self.reason else 0], device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        if flag.item() and self.reason is None:
-            self.reason = "another rank's stop request"
-        return bool(flag.item())
+        code = torch.tensor([self._code(self.reason)], device=device)
+        dist.all_reduce(code, op=dist.ReduceOp.MAX)
+        if code.item() and self.reason is None:
+            self.reason = f"{self._name(int(code.item()))} (received by another rank)"
+        return bool(code.item())
+
+    def _code(self, reason: Optional[str]) -> int:
+        """0: none; 1 + the signal's index; a kill switch counts after the signals."""
+        if reason is None:
+            return 0
+        names = [s.name for s in self.SIGNALS]
+        return 1 + names.index(reason) if reason in names else 1 + len(names)
+
+    def _name(self, code: int) -> str:
+        names = [s.name for s in self.SIGNALS]
+        return names[code - 1] if code <= len(names) else f"kill switch {self.kill_switch_path}"
 
     def restore(self) -> None:
+        """Put the previous handlers back; after a stop, ignore further stop signals instead:
+        the launcher may deliver the same signal to this rank late (srun signals tasks one by
+        one), and the default action would kill a process that is exiting cleanly."""
         for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, signal.SIG_IGN if self.reason else handler)

@@ -1,6 +1,7 @@
 """pretrain_gpt.py end to end on real text: training, parallel layouts, checkpoint and resume."""
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -54,7 +55,7 @@ def test_tensor_and_data_parallel_runs_match_single_process(tiny_data):
 
 def test_missing_data_file_is_a_clear_error(tiny_data, tmp_path):
     out = pretrain(dict(tiny_data, prefix=str(tmp_path / "nope_text_document")), 1,
-                   "--train-iters", "1", check=False)
+                   "--train-iters", "4", check=False)
     assert out.returncode != 0
     assert f"--data-path {tmp_path / 'nope_text_document'}: missing" in out.stderr
 
@@ -124,7 +125,7 @@ def test_sigterm_to_one_rank_stops_all_with_a_checkpoint(tiny_data, tmp_path):
     codes = [p.wait(timeout=300) for p in procs]
     out = rank0_log.read_text()
     assert codes == [0, 0], out[-3000:]
-    assert "stopping at iteration" in out and "another rank's stop request" in out
+    assert re.search(r"stopping at iteration \d+: SIGTERM \(received by another rank\)", out)
     tag = (ck / "latest").read_text().strip()
     assert (ck / tag / "config.json").exists()
 
@@ -133,7 +134,8 @@ def test_load_errors_are_clear_and_nothing_is_overwritten(tiny_data, tmp_path):
     ck = tmp_path / "ck"
     pretrain(tiny_data, 1, "--micro-batch-size", "2", "--train-iters", "3", "--save", str(ck))
     before = sorted(p.name for p in ck.iterdir())
-    assert before == ["global_step3", "latest"]  # no temporary folder left behind
+    # no temporary folder left behind (DeepSpeed adds its zero_to_*.py conversion scripts)
+    assert [n for n in before if not n.startswith("zero_to_")] == ["global_step3", "latest"]
     other_shape = pretrain(tiny_data, 1, "--micro-batch-size", "2", "--train-iters", "4",
                            "--hidden-size", "64", "--load", str(ck), "--save", str(ck),
                            check=False)

@@ -45,7 +45,8 @@ VARIANTS = {
                                glu_activation="swiglu", normalization="RMSNorm", add_bias_linear=False,
                                untie_embeddings_and_output_weights=True), (PREFIX,)),
 }
-TP4_VARIANTS = ["llama_like_prefix"]
+# every variant whose heads split over 4 ranks
+TP4_VARIANTS = [n for n, (o, _) in VARIANTS.items() if o.get("num_attention_heads", 4) % 4 == 0]
 
 
 def _inputs(feeds):
