@@ -1,6 +1,4 @@
 """tools/merge_datasets.py: merging equals one run over all inputs; mismatches are refused."""
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy
@@ -8,18 +6,8 @@ import pytest
 import torch
 from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
-ROOT = Path(__file__).resolve().parents[2]
+from tool_loader import load_tool
 
-
-def load_tool(name):
-    """Import tools/NAME.py once per process (pool workers unpickle its functions by name)."""
-    if f"tool_{name}" in sys.modules:
-        return sys.modules[f"tool_{name}"]
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 pre, merge = load_tool("preprocess_data"), load_tool("merge_datasets")

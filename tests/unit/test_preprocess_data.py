@@ -1,6 +1,5 @@
 """tools/preprocess_data.py: outputs megatron-core reads back exactly, and every bad input's error."""
 import gzip
-import importlib.util
 import json
 import os
 import struct
@@ -16,18 +15,9 @@ from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatase
 from megatron.data.indexed_io import dtype_for_vocab
 from megatron.data.tokenizers import build_tokenizer
 
+from tool_loader import load_tool
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def load_tool(name):
-    """Import tools/NAME.py once per process (pool workers unpickle its functions by name)."""
-    if f"tool_{name}" in sys.modules:
-        return sys.modules[f"tool_{name}"]
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 pre = load_tool("preprocess_data")

@@ -1,5 +1,4 @@
 """Tokenizers (megatron/data/tokenizers.py) and tools/train_tokenizer.py."""
-import importlib.util
 import inspect
 import json
 import subprocess
@@ -10,20 +9,11 @@ import pytest
 
 from megatron.data.tokenizers import build_tokenizer, padded_vocab_size
 
+from tool_loader import load_tool
+
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ["Hello, world!", "  two  spaces\tand a tab\nand a newline\n", "héllo wörld ✓ 日本語 🙂",
            " leading space", "literal <eod> and <pad> stay text", ""]
-
-
-def load_tool(name):
-    """Import tools/NAME.py once per process (pool workers unpickle its functions by name)."""
-    if f"tool_{name}" in sys.modules:
-        return sys.modules[f"tool_{name}"]
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def docstring_corpus(path: Path) -> Path:
