@@ -4,7 +4,7 @@ reproducible; top-k/top-p filters."""
 import pytest
 import torch
 
-from megatron.config.schema import Config, ModelConfig, ParallelConfig
+from megatron.config.schema import Config, ModelConfig
 
 T = 12
 VARIANTS = {"learned": {}, "rope": dict(position_embedding_type="rope", rotary_percent=0.5),
@@ -12,13 +12,8 @@ VARIANTS = {"learned": {}, "rope": dict(position_embedding_type="rope", rotary_p
 
 
 @pytest.fixture(scope="module")
-def layout():
-    import torch.distributed as dist
-    from megatron.parallel.layout import destroy_parallel, initialize_parallel
-    started = not dist.is_initialized()
-    yield initialize_parallel(ParallelConfig())
-    if started:
-        destroy_parallel()
+def layout(tp1_layout):
+    return tp1_layout
 
 
 def make_runner(layout, **overrides):

@@ -8,26 +8,20 @@ import types
 import pytest
 import torch
 
-from megatron.config.schema import Config, ModelConfig, ParallelConfig
+from megatron.config.schema import Config, ModelConfig
 
 T = 16  # seq_length: texts below are longer, so windows matter
 
 
 @pytest.fixture(scope="module")
-def runner():
-    import torch.distributed as dist
+def runner(tp1_layout):
     from megatron.eval.runner import ModelRunner
-    from megatron.parallel.layout import destroy_parallel, initialize_parallel
-    started = not dist.is_initialized()
-    layout = initialize_parallel(ParallelConfig())
     from megatron.model.gpt import GPTModel
     torch.manual_seed(0)
     cfg = Config(model=ModelConfig(num_layers=2, hidden_size=32, num_attention_heads=4, seq_length=T,
                                    vocab_size=384, hidden_dropout=0.0, attention_dropout=0.0,
                                    init_method_std=0.3))
-    yield ModelRunner(GPTModel(cfg.model).eval(), cfg, layout)
-    if started:
-        destroy_parallel()
+    return ModelRunner(GPTModel(cfg.model).eval(), cfg, tp1_layout)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import dataclasses
 import pytest
 import torch
 
-from megatron.config.schema import ModelConfig, ParallelConfig
+from megatron.config.schema import ModelConfig
 from megatron.model import kernels, masks
 from megatron.model.positional import alibi_bias, alibi_slopes
 
@@ -91,14 +91,8 @@ def test_auto_kernel_choice():
 # --- whole-model guarantees (TP = 1, in process) ---------------------------------------------
 
 @pytest.fixture(scope="module")
-def tp1():
-    import torch.distributed as dist
-    from megatron.parallel.layout import destroy_parallel, initialize_parallel
-    started = not dist.is_initialized()
-    initialize_parallel(ParallelConfig())
-    yield
-    if started:
-        destroy_parallel()
+def tp1(tp1_layout):
+    return tp1_layout
 
 
 def _model(**kw):

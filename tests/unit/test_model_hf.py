@@ -8,19 +8,12 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
 
-from megatron.config.schema import ParallelConfig  # noqa: E402
 from megatron.model.hf import registry  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def tp1():
-    import torch.distributed as dist
-    from megatron.parallel.layout import destroy_parallel, initialize_parallel
-    started = not dist.is_initialized()
-    initialize_parallel(ParallelConfig())
-    yield
-    if started:
-        destroy_parallel()
+def tp1(tp1_layout):
+    return tp1_layout
 
 
 HF_CONFIGS = {
