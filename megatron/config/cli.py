@@ -206,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add("--fp16", action="store_true", help="fp16 with dynamic loss scaling.")
     t.add("--checkpoint-activations", action="store_true",
           help="Recompute each layer's activations in backward (saves memory).")
+    t.add("--recompute-granularity", default=None, choices=["full", "selective"],
+          help="Activation recomputation: full = --checkpoint-activations (each layer); "
+               "selective = only the attention core (scores, softmax, dropout).")
     t.add("--torch-compile", action="store_true",
           help="torch.compile each transformer layer (regional compilation). Experimental: "
                "megatron-core's linear layers still break the graphs; see docs/benchmarks.md.")

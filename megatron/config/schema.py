@@ -129,6 +129,7 @@ class TrainingConfig:
     bf16: bool = False
     fp16: bool = False
     checkpoint_activations: bool = False
+    recompute_granularity: Optional[str] = None  # full|selective; full = checkpoint_activations
     torch_compile: bool = False
     eval_interval: int = 1000
     eval_iters: int = 10

@@ -143,6 +143,9 @@ def check_batch(cfg: Config, world_size: int) -> None:
     if t.rampup_batch_size is not None:
         check_rampup(cfg, gbs, t.micro_batch_size * dp)
     schedule_samples(cfg, gbs)
+    if t.checkpoint_activations and t.recompute_granularity == "selective":
+        raise ConfigError("--checkpoint-activations (full recomputation) contradicts "
+                          "--recompute-granularity selective: give one of them")
     if t.bf16 and t.fp16:
         raise ConfigError("--bf16 and --fp16 are mutually exclusive")
 

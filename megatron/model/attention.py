@@ -22,7 +22,7 @@ from megatron.model import kernels, masks
 from megatron.model.init import normal_init, scaled_normal_init
 from megatron.model.positional import (alibi_bias, alibi_slopes, apply_rotary, rotary_cos_sin,
                                        rotary_dim)
-from megatron.model.rng import DropoutRNG, dropout
+from megatron.model.rng import DropoutRNG, checkpointed, dropout
 
 
 class SelfAttention(nn.Module):
@@ -53,6 +53,9 @@ class SelfAttention(nn.Module):
         else:
             self.alibi_slopes = None
         self.kv_cache: Optional[KVCache] = None  # set only for incremental decoding
+        # selective recomputation (--recompute-granularity selective): the attention core's
+        # activations (scores, probabilities, dropout mask) are recomputed in backward
+        self.recompute_core = False
 
     def forward(self, x, position_ids, prefix_lengths=None, document_ids=None):
         """x (B, T, H), position_ids (B, T) -> (B, T, H), replicated across TP ranks."""
@@ -66,6 +69,9 @@ class SelfAttention(nn.Module):
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if self.kv_cache is not None:
             y = self._attend_cached(q, k, v, position_ids, prefix_lengths, document_ids)
+        elif self.recompute_core and self.training and torch.is_grad_enabled():
+            y = checkpointed(self._attend, self.rng, q, k, v, position_ids, prefix_lengths,
+                             document_ids)  # (B, nh, T, hs)
         else:
             y = self._attend(q, k, v, position_ids, prefix_lengths, document_ids)  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim)

@@ -21,8 +21,8 @@ from torch import nn
 
 from megatron.model.embedding import Embedding
 from megatron.model.head import OutputHead
-from megatron.model.layer import TransformerLayer, checkpointed
-from megatron.model.rng import DropoutRNG
+from megatron.model.layer import TransformerLayer
+from megatron.model.rng import DropoutRNG, checkpointed
 from megatron.model.validate import check_model_config
 
 

@@ -2,9 +2,6 @@
 parallel residual x + attn(ln1(x)) + mlp(ln2(x))."""
 from __future__ import annotations
 
-import contextlib
-
-import torch
 from torch import nn
 
 from megatron.model.attention import SelfAttention
@@ -46,35 +43,3 @@ class TransformerLayer(nn.Module):
 
     def _dropout(self, x):  # the residual stream is replicated across TP ranks
         return dropout(x, self.cfg.hidden_dropout, self.training, self.rng, "replicated")
-
-
-def checkpointed(fn, rng: DropoutRNG, *args):
-    """fn(*args) with activation checkpointing: outputs kept, inner activations recomputed in
-    backward with the dropout streams as they were in forward.
-
-    torch's checkpoint (like megatron-core's tensor_parallel.checkpoint, which forks only CUDA
-    generators) restores the default generators, but our dropout streams live in DropoutRNG (on
-    CUDA in megatron-core's tracker); this saves and restores those around the recomputation.
-    """
-    saved = _stream_states(rng)
-
-    @contextlib.contextmanager
-    def as_in_forward():
-        now = _stream_states(rng)
-        _set_stream_states(rng, saved)
-        try:
-            yield
-        finally:
-            _set_stream_states(rng, now)
-
-    return torch.utils.checkpoint.checkpoint(
-        fn, *args, use_reentrant=False,
-        context_fn=lambda: (contextlib.nullcontext(), as_in_forward()))
-
-
-def _stream_states(rng: DropoutRNG) -> dict:
-    return rng._tracker.get_states() if rng.use_cuda else rng.get_states()
-
-
-def _set_stream_states(rng: DropoutRNG, states: dict) -> None:
-    (rng._tracker if rng.use_cuda else rng).set_states(states)

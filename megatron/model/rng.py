@@ -76,3 +76,35 @@ def dropout(x: torch.Tensor, p: float, training: bool, rng: DropoutRNG, region: 
         return x
     with rng.fork(region):
         return torch.nn.functional.dropout(x, p, training=True)
+
+
+def checkpointed(fn, rng: DropoutRNG, *args):
+    """fn(*args) with activation checkpointing: outputs kept, inner activations recomputed in
+    backward with the dropout streams as they were in forward.
+
+    torch's checkpoint (like megatron-core's tensor_parallel.checkpoint, which forks only CUDA
+    generators) restores the default generators, but our dropout streams live in DropoutRNG (on
+    CUDA in megatron-core's tracker); this saves and restores those around the recomputation.
+    """
+    saved = _stream_states(rng)
+
+    @contextlib.contextmanager
+    def as_in_forward():
+        now = _stream_states(rng)
+        _set_stream_states(rng, saved)
+        try:
+            yield
+        finally:
+            _set_stream_states(rng, now)
+
+    return torch.utils.checkpoint.checkpoint(
+        fn, *args, use_reentrant=False,
+        context_fn=lambda: (contextlib.nullcontext(), as_in_forward()))
+
+
+def _stream_states(rng: DropoutRNG) -> dict:
+    return rng._tracker.get_states() if rng.use_cuda else rng.get_states()
+
+
+def _set_stream_states(rng: DropoutRNG, states: dict) -> None:
+    (rng._tracker if rng.use_cuda else rng).set_states(states)

@@ -39,8 +39,8 @@ from megatron.core import ModelParallelConfig, parallel_state
 from megatron.model.embedding import Embedding
 from megatron.model.gpt import GPTModel
 from megatron.model.head import OutputHead
-from megatron.model.layer import TransformerLayer, checkpointed
-from megatron.model.rng import DropoutRNG
+from megatron.model.layer import TransformerLayer
+from megatron.model.rng import DropoutRNG, checkpointed
 from megatron.model.validate import check_model_config
 from megatron.parallel.layout import ParallelLayout
 
