@@ -36,11 +36,16 @@ def _rotate_half(x):
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x (B, nh, T, hs); rotates the first cos.shape[-1] dims, passes the rest through."""
+    """x (B, nh, T, hs); rotates the first cos.shape[-1] dims, passes the rest through.
+
+    Computed in x's dtype (cos/sin are made in fp32, then cast), as Megatron-LM and HF do: an
+    fp32 round trip of q and k costs more memory traffic than the rotation itself."""
     rot = cos.shape[-1]
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    if rot == x.shape[-1]:
+        return x * cos + _rotate_half(x) * sin
     x_rot, x_pass = x[..., :rot], x[..., rot:]
-    x_rot = (x_rot.float() * cos + _rotate_half(x_rot.float()) * sin).to(x.dtype)
-    return torch.cat([x_rot, x_pass], dim=-1)
+    return torch.cat([x_rot * cos + _rotate_half(x_rot) * sin, x_pass], dim=-1)
 
 
 def alibi_slopes(num_heads: int) -> torch.Tensor:
