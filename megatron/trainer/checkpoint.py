@@ -20,6 +20,12 @@ class Progress:
     consumed_samples: int = 0
     consumed_tokens: int = 0
 
+    def advance(self, samples: int, seq_length: int) -> None:
+        """One step (trained or skipped) that read `samples` samples."""
+        self.iteration += 1
+        self.consumed_samples += samples
+        self.consumed_tokens += samples * seq_length
+
 
 def step_tag(iteration: int) -> str:
     return f"global_step{iteration}"

@@ -91,17 +91,13 @@ class Trainer:
                                 **self._prefix_lm_options()) for _ in range(accum)]
             if any(a <= p.iteration + 1 <= b for a, b in self.skip_ranges):
                 self.engine.skip_step(gbs)
-                p.iteration += 1
-                p.consumed_samples += gbs
-                p.consumed_tokens += gbs * seq
+                p.advance(gbs, seq)
                 self.log(f"iteration {p.iteration} skipped (--skip-train-iteration-range): "
                          f"its {gbs} samples were read, no update")
                 continue
             result = self.engine.train_step(micro, gbs)
             dt = time.perf_counter() - t0
-            p.iteration += 1
-            p.consumed_samples += gbs
-            p.consumed_tokens += gbs * seq
+            p.advance(gbs, seq)
             self.batch_sizes.append(gbs)
             interval["samples"] += gbs
             interval["loss"] += result.loss
