@@ -155,3 +155,12 @@ def test_loss_spike_stop_exits_with_code_3_and_names_the_iteration(tiny_data):
     assert out.returncode != 0 and "(exitcode: 3)" in out.stderr  # torchrun reports the child's
     assert "loss spike at iteration" in out.stdout
     assert "--skip-train-iteration-range covering iteration" in out.stdout
+
+
+def test_skip_train_iteration_range_reads_the_batches_without_updating(tiny_data):
+    out = pretrain(tiny_data, 1, "--micro-batch-size", "2", "--global-batch-size", "4",
+                   "--train-iters", "6", "--skip-train-iteration-range", "2-3").stdout
+    assert sorted(losses(out)) == [1, 4, 5, 6]
+    for i in (2, 3):
+        assert f"iteration {i} skipped (--skip-train-iteration-range): its 4 samples" in out
+    assert "iteration 4/6 | consumed samples 16 |" in out  # the skipped batches were consumed

@@ -224,3 +224,8 @@ def test_batch_sizes_follow_rampup_schedule():
     assert sizes[:7] == [4] * 7 and sizes[7:11] == [8] * 4 and sizes[11:13] == [12] * 2
     assert set(sizes[13:]) == {16}
     assert train_iterations(calc, 200) == (len(sizes), consumed)
+
+
+def test_skip_train_iteration_range_format():
+    assert "expected START-END" in _error(TRAIN + ["--skip-train-iteration-range", "10:20"])
+    assert "1 <= START <= END" in _error(TRAIN + ["--skip-train-iteration-range", "20-10"])
