@@ -102,7 +102,25 @@ def build_gpt_datasets(data: DataConfig, tokenizer, seq_length: int, seed: int,
     cls = MockGPTDataset if data.mock_data else GPTDataset
     builder = BlendedMegatronDatasetBuilder(cls, [sizes.train, sizes.valid, sizes.test],
                                             lambda: True, config)
-    return tuple(builder.build())
+    datasets = tuple(builder.build())
+    for ds in datasets:
+        _no_mask_cache(ds)
+    return datasets
+
+
+def _no_mask_cache(dataset) -> None:
+    """Turn off GPTDataset's cache of loss mask and position ids (and in blends' parts).
+
+    megatron-core 0.16.1 caches the first sample's loss mask *after* zeroing that sample's pad
+    labels in place, so every later sample inherits the pad positions of whichever sample this
+    process read first, and that depends on where a run resumed. Recomputing them per sample
+    (a ones tensor and an arange here) keeps each sample's mask its own.
+    """
+    if dataset is None:
+        return
+    for part in getattr(dataset, "datasets", None) or (dataset,):
+        if hasattr(part, "masks_and_position_ids_are_cacheable"):
+            part.masks_and_position_ids_are_cacheable = False
 
 
 def make_loader(dataset, consumed_samples: int, micro_batch_size: int, dp_rank: int,

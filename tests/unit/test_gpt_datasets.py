@@ -133,6 +133,38 @@ def test_same_global_batches_for_dp1_and_dp2_through_the_loader(tmp_path):
     assert resumed == ref[2:]
 
 
+def _masks_by_read_order(rank, world, cache):
+    """Loss masks of sample j read first, and read after a sample with pad labels."""
+    init_gloo(rank, world)
+    from megatron.config.schema import DataConfig
+    from megatron.data.gpt_datasets import SplitSizes
+    from megatron.data.tokenizers import ByteLevelTokenizer
+    tok = ByteLevelTokenizer()  # pad 257 is an ordinary id in megatron-core's mock tokens
+    cfg = DataConfig(mock_data=True, split="100,0,0", data_cache_path=cache)
+
+    def fresh():
+        return build_gpt_datasets(cfg, tok, 32, 1234, SplitSizes(64, 0, 0))[0]
+    probe = fresh()
+    padded = [i for i in range(64) if (probe[i]["loss_mask"] == 0).any()]
+    clean = [i for i in range(64) if (probe[i]["loss_mask"] == 1).all()]
+    first, j = padded[0], clean[0]
+    after = fresh()
+    after[first]
+    padded = fresh()[first]
+    return [t.tolist() for t in (fresh()[j]["loss_mask"], after[j]["loss_mask"],
+                                 padded["loss_mask"], padded["labels"])]
+
+
+def test_loss_mask_does_not_depend_on_which_sample_was_read_first(tmp_path):
+    """megatron-core caches the first sample's mask with its pads zeroed (a resumed run reads
+    a different first sample): our datasets recompute each sample's own mask."""
+    (alone, after_padded, padded, labels), = run_on_ranks(
+        _masks_by_read_order, 1, (str(tmp_path / "c"),), 120)
+    assert alone == [1.0] * 32 and after_padded == alone
+    # megatron-core masks pad labels and then writes them as id 0
+    assert min(padded) == 0 and all(label == 0 for m, label in zip(padded, labels) if m == 0)
+
+
 # ---- truncated or mismatched files -----------------------------------------------------------
 
 def _copy(src, dst, bin_from=None, idx_from=None):
