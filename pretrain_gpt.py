@@ -11,7 +11,7 @@ import torch
 
 from megatron.config.cli import parse_config
 from megatron.config.validate import ConfigError, global_batch_size, validate_config
-from megatron.data.gpt_datasets import SplitSizes, build_gpt_datasets, make_loader
+from megatron.data.gpt_datasets import SplitSizes, build_datasets, make_loader
 from megatron.data.tokenizers import build_tokenizer, padded_vocab_size
 from megatron.parallel.launch import resolve_launch_env
 from megatron.parallel.layout import destroy_parallel, initialize_parallel
@@ -81,12 +81,12 @@ def main(argv=None) -> Trainer:
         total_iters, train_samples = train_iterations(calc, schedule_samples(cfg, gbs)[0])
     evals = (total_iters // t.eval_interval + 1) if t.eval_interval else 1
     sizes = SplitSizes(train_samples, evals * t.eval_iters * gbs, t.eval_iters * gbs)
-    train_ds, valid_ds, test_ds = build_gpt_datasets(d, tokenizer, m.seq_length, t.seed, sizes)
+    train_ds, valid_sets, test_sets = build_datasets(d, tokenizer, m.seq_length, t.seed, sizes)
     loader = lambda ds, consumed: make_loader(ds, consumed, t.micro_batch_size, layout.dp_rank,
                                               layout.dp, d.num_workers)
+    fresh = lambda sets: [(name, lambda ds=ds: loader(ds, 0)) for name, ds in sets if ds]
     data = TrainData(train_loader=loader(train_ds, progress.consumed_samples),
-                     make_valid_loader=(lambda: loader(valid_ds, 0)) if valid_ds else None,
-                     make_test_loader=(lambda: loader(test_ds, 0)) if test_ds else None,
+                     valid_loaders=fresh(valid_sets), test_loaders=fresh(test_sets),
                      eod=tokenizer.eod)
     trainer = Trainer(cfg, layout, engine, data, calc, total_iters, progress)
     trainer.train()

@@ -28,13 +28,16 @@ def losses(stdout: str) -> dict[int, float]:
     return {int(i): float(v) for i, v in LOG_LINE.findall(stdout)}
 
 
-def pretrain(data, nproc, *flags, timeout=600, env=None, check=True):
+def pretrain(data, nproc, *flags, timeout=600, env=None, check=True, data_flags=None):
+    """A tiny run on `data` (tests/e2e's tiny_data); `data_flags` replace --data-path/--split."""
+    if data_flags is None:
+        data_flags = ("--data-path", data["prefix"], "--split", "90,9,1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc-per-node={nproc}", "pretrain_gpt.py",
            "--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4",
            "--seq-length", "32", "--lr", "3e-3", "--lr-warmup-iters", "2",
            "--hidden-dropout", "0", "--attention-dropout", "0", "--log-interval", "1",
-           "--data-path", data["prefix"], "--split", "90,9,1",
+           *data_flags,
            "--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", data["spm"],
            "--deepspeed_config", "ds_configs/zero1.json", *flags]
     return run(cmd, timeout=timeout, env=env, check=check)

@@ -125,8 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     par.add("--distributed-timeout-minutes", type=int, default=30,
             help="Timeout of collective operations.")
     par.add("--sync-tp-duplicated-parameters", action="store_true",
-            help="Average TP-duplicated parameters (norms, biases) across TP ranks each step "
-                 "(BLOOM). Not implemented yet: refused at start-up.")
+            help="Average the parameters every TP rank holds a copy of (norms, row-parallel "
+                 "biases, position embeddings) across the TP group before each forward, so bf16 "
+                 "rounding cannot make the copies drift apart (BLOOM-176B).")
 
     d = _Flags(p, "data", "data")
     d.add("--data-path", nargs="*", default=[],
@@ -157,12 +158,16 @@ def build_parser() -> argparse.ArgumentParser:
                "--num-workers).")
     d.add("--data-impl", default="mmap", choices=["mmap", "infer"],
           help="Indexed dataset implementation; only mmap (megatron-core's format) exists.")
-    d.add("--train-weighted-split-paths-path", default=None,
-          help="File of weighted per-dataset train splits (BigScience). Not implemented yet: "
-               "refused at start-up; use --data-path with weights.")
-    d.add("--valid-weighted-split-paths-path", default=None,
-          help="File of weighted per-dataset validation splits (BigScience). Not implemented "
-               "yet: refused at start-up.")
+    for split, many in (("train", "ONE group"), ("valid", "one or more groups, each "
+                         "evaluated and logged on its own"), ("test", "one or more groups")):
+        d.add(f"--{split}-weighted-split-paths", nargs="*", default=[],
+              help=f"BigScience's per-split data ({many}), instead of --data-path/--split: "
+                   f"'NAME: WEIGHT START:END PREFIX, WEIGHT START:END PREFIX ...'; each "
+                   f"dataset contributes its documents in the fraction [START, END).")
+        d.add(f"--{split}-weighted-split-paths-path", default=None,
+              help=f"A file holding the --{split}-weighted-split-paths groups on one line, "
+                   f"each in double quotes (what BigScience's load_ratios_meg_ds_format.py "
+                   f"writes).")
     d.add("--mock-data", action="store_true", help="Random tokens instead of --data-path.")
 
     o = _Flags(p, "optimizer", "optimizer")

@@ -90,8 +90,13 @@ class DataConfig:
     num_workers: int = 0
     valid_num_workers: Optional[int] = None  # accepted; validation uses num_workers
     data_impl: str = "mmap"
+    # BigScience's per-split groups ("NAME: W START:END PREFIX, ..."), see data/weighted_splits
+    train_weighted_split_paths: tuple = ()
+    valid_weighted_split_paths: tuple = ()
+    test_weighted_split_paths: tuple = ()
     train_weighted_split_paths_path: Optional[str] = None
     valid_weighted_split_paths_path: Optional[str] = None
+    test_weighted_split_paths_path: Optional[str] = None
     mock_data: bool = False
 
 

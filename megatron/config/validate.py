@@ -15,12 +15,6 @@ class ConfigError(ValueError):
 # field (group, name) -> (default that means "off", the flag, the feature it would need)
 NOT_IMPLEMENTED_YET = {
     ("parallel", "sequence_parallel"): (False, "--sequence-parallel", "sequence parallelism"),
-    ("parallel", "sync_tp_duplicated_parameters"): (
-        False, "--sync-tp-duplicated-parameters", "re-syncing TP-replicated weights"),
-    ("data", "train_weighted_split_paths_path"): (
-        None, "--train-weighted-split-paths-path", "BigScience's per-split blends"),
-    ("data", "valid_weighted_split_paths_path"): (
-        None, "--valid-weighted-split-paths-path", "BigScience's per-split blends"),
     ("training", "partition_activations"): (
         False, "--partition-activations", "activation partitioning over TP ranks"),
     ("training", "universal_checkpoint"): (
@@ -213,19 +207,36 @@ def check_data(cfg: Config) -> None:
     d = cfg.data
     if d.mock_data:
         return
-    if not d.data_path:
+    # data flag syntax lives with the data code
+    from megatron.data import weighted_splits as ws
+    from megatron.data.blend import parse_data_path
+    if ws.uses_weighted_splits(d):
+        if d.data_path:
+            raise ConfigError("--data-path and the --*-weighted-split-paths flags are two ways to "
+                              "give the data (BigScience's Mode 1 and Mode 2); use one")
+        try:
+            groups = {s: ws.groups_for(d, s) for s in ws.SPLITS}
+        except ws.WeightedSplitError as e:
+            raise ConfigError(str(e)) from e
+        if not groups["train"]:
+            raise ConfigError("--valid/--test-weighted-split-paths need "
+                              "--train-weighted-split-paths(-path) too")
+        sources = [(f"--{s}-weighted-split-paths group {g.name!r}", p.prefix)
+                   for s in ws.SPLITS for g in groups[s] for p in g.parts]
+    elif not d.data_path:
         raise ConfigError("--data-path is required (or --mock-data for random tokens)")
-    from megatron.data.blend import parse_data_path  # data flag syntax lives with the data code
-    for _, prefix in parse_data_path(d.data_path):
+    else:
+        sources = [("--data-path", prefix) for _, prefix in parse_data_path(d.data_path)]
+    for where, prefix in sources:
         missing = [prefix + ext for ext in (".bin", ".idx") if not os.path.isfile(prefix + ext)]
         if missing:
-            raise ConfigError(f"--data-path {prefix}: missing {', '.join(missing)} (give the "
+            raise ConfigError(f"{where} {prefix}: missing {', '.join(missing)} (give the "
                               f"prefix without .bin/.idx, e.g. data/corpus_text_document)")
         from megatron.data.gpt_datasets import IndexedDatasetError, check_indexed_dataset
         try:
             check_indexed_dataset(prefix)
         except IndexedDatasetError as e:
-            raise ConfigError(f"--data-path {prefix}: {e}") from e
+            raise ConfigError(f"{where} {prefix}: {e}") from e
     if d.tokenizer_type is None:
         raise ConfigError("--tokenizer-type is required with --data-path")
 

@@ -1,4 +1,5 @@
-"""Train/valid/test GPT datasets from `--data-path` blends, through megatron-core.
+"""Train/valid/test GPT datasets from `--data-path` blends (or BigScience's weighted split paths,
+see weighted_splits.py), through megatron-core.
 
 megatron-core's `BlendedMegatronDatasetBuilder` builds the shuffled sample indices on rank 0
 first (cached under `--data-cache-path`), then every other rank loads them: built once, no race.
@@ -83,22 +84,50 @@ def check_indexed_dataset(prefix: str) -> None:
                                   f"sequences: corrupt index")
 
 
+def _dataset_config(data: DataConfig, tokenizer, seq_length: int, seed: int, **source):
+    from megatron.core.datasets.gpt_dataset import GPTDatasetConfig
+    return GPTDatasetConfig(
+        random_seed=seed, sequence_length=seq_length, path_to_cache=data.data_cache_path,
+        tokenizer=tokenizer, reset_position_ids=data.reset_position_ids,
+        reset_attention_mask=data.reset_attention_mask, eod_mask_loss=data.eod_mask_loss,
+        create_attention_mask=False,  # the model builds its masks from document ids
+        **source)
+
+
+def build_datasets(data: DataConfig, tokenizer, seq_length: int, seed: int, sizes: SplitSizes):
+    """(train, [(name, valid)], [(name, test)]): from --data-path/--split (one unnamed valid and
+    test set, "") or from BigScience's weighted split paths (one set per named group)."""
+    from megatron.data import weighted_splits as ws
+    if not ws.uses_weighted_splits(data):
+        train, valid, test = build_gpt_datasets(data, tokenizer, seq_length, seed, sizes)
+        return train, [("", valid)] if valid else [], [("", test)] if test else []
+    groups = {s: ws.groups_for(data, s) for s in ws.SPLITS}
+    if not groups["train"]:
+        raise ws.WeightedSplitError("--valid/--test-weighted-split-paths need "
+                                    "--train-weighted-split-paths(-path) too")
+    for prefix in ws.prefixes(sum(groups.values(), [])):
+        check_indexed_dataset(prefix)
+    config = _dataset_config(data, tokenizer, seq_length, seed, blend_per_split=[
+        (ws.prefixes(groups[s]), None) if groups[s] else None for s in ws.SPLITS])
+    count = {"train": sizes.train, "valid": sizes.valid, "test": sizes.test}
+    built = {s: [(g.name, ws.build_group_dataset(g, s, count[s], config)) for g in groups[s]]
+             for s in ws.SPLITS}
+    for _, ds in sum(built.values(), []):
+        _no_mask_cache(ds)
+    return built["train"][0][1], built["valid"], built["test"]
+
+
 def build_gpt_datasets(data: DataConfig, tokenizer, seq_length: int, seed: int,
                        sizes: SplitSizes):
     """(train, valid, test) datasets of at least the given numbers of samples (None if empty)."""
     from megatron.core.datasets.blended_megatron_dataset_builder import \
         BlendedMegatronDatasetBuilder
-    from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig, MockGPTDataset
+    from megatron.core.datasets.gpt_dataset import GPTDataset, MockGPTDataset
 
     blend = None if data.mock_data else megatron_blend(data.data_path)
     for prefix in blend[0] if blend else ():
         check_indexed_dataset(prefix)
-    config = GPTDatasetConfig(
-        random_seed=seed, sequence_length=seq_length, blend=blend,
-        split=data.split, path_to_cache=data.data_cache_path, tokenizer=tokenizer,
-        reset_position_ids=data.reset_position_ids,
-        reset_attention_mask=data.reset_attention_mask, eod_mask_loss=data.eod_mask_loss,
-        create_attention_mask=False)  # the model builds its masks from document ids
+    config = _dataset_config(data, tokenizer, seq_length, seed, blend=blend, split=data.split)
     cls = MockGPTDataset if data.mock_data else GPTDataset
     builder = BlendedMegatronDatasetBuilder(cls, [sizes.train, sizes.valid, sizes.test],
                                             lambda: True, config)

@@ -17,17 +17,20 @@ def build_engine(cfg: Config, layout: ParallelLayout, gbs: int, model=None) -> T
         from megatron.trainer.deepspeed_engine import DeepSpeedTrainEngine
         if model is None:
             model = GPTModel(cfg.model, checkpoint_activations=recompute).to(layout.device)
-        _apply_execution_options(model, cfg)
+        _apply_execution_options(model, cfg, layout)
         return DeepSpeedTrainEngine(model, cfg, layout, gbs)
     from megatron.trainer.pipeline import build_pipeline_module
     from megatron.trainer.pipeline_engine import PipelineTrainEngine
     if model is None:
         model = build_pipeline_module(cfg, layout, checkpoint_activations=recompute)
-    _apply_execution_options(model, cfg)
+    _apply_execution_options(model, cfg, layout)
     return PipelineTrainEngine(model, cfg, layout, gbs)
 
 
-def _apply_execution_options(model, cfg: Config) -> None:
+def _apply_execution_options(model, cfg: Config, layout: ParallelLayout) -> None:
+    if cfg.parallel.sync_tp_duplicated_parameters:
+        from megatron.parallel.tp_sync import sync_tp_duplicated_before_forward
+        sync_tp_duplicated_before_forward(model, layout)
     if cfg.training.recompute_granularity == "selective":
         from megatron.model.recompute import enable_selective_recompute
         enable_selective_recompute(model)

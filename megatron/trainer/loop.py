@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -26,9 +26,10 @@ LOSS_SPIKE_EXIT_CODE = 3
 
 @dataclass
 class TrainData:
-    train_loader: object                  # yields this rank's micro-batches from consumed samples
-    make_valid_loader: Optional[Callable]  # () -> a fresh loader over the validation split
-    make_test_loader: Optional[Callable]
+    train_loader: object  # yields this rank's micro-batches from consumed samples
+    # (name, () -> a fresh loader) per validation / test set; name "" for the --split ones
+    valid_loaders: list[tuple[str, Callable]]
+    test_loaders: list[tuple[str, Callable]]
     eod: int
 
 
@@ -163,25 +164,28 @@ class Trainer:
                         p.consumed_samples, p.consumed_tokens)
 
     def evaluate(self, split: str):
-        make = self.data.make_valid_loader if split == "validation" else \
-            self.data.make_test_loader
-        loader = make() if make else None
-        if loader is None:
-            return None
-        loss = evaluate_loss(self.engine, loader, self.cfg.training.eval_iters, self.data.eod,
-                             self.cfg.data.reset_attention_mask, self.layout,
-                             **self._prefix_lm_options())
-        if loss is None:
-            return None
-        ppl = math.exp(min(loss, 50.0))
-        p = self.progress
-        self.log(f"{split} loss at iteration {p.iteration} | lm loss {loss:.4f} | "
-                 f"lm loss PPL {ppl:.3f}")
-        self.history.append({"iteration": p.iteration, f"{split} loss": loss,
-                             f"{split} ppl": ppl})
-        self.tb.scalars({f"{split}/lm loss": loss, f"{split}/lm loss PPL": ppl}, p.iteration,
-                        p.consumed_samples, p.consumed_tokens)
-        return p.iteration, loss
+        """Loss on each validation (or test) set; (iteration, loss of the first set) or None.
+        Named sets (BigScience's weighted split groups) log as "validation NAME"."""
+        sets = self.data.valid_loaders if split == "validation" else self.data.test_loaders
+        first = None
+        for name, make in sets:
+            loader = make()
+            loss = None if loader is None else evaluate_loss(
+                self.engine, loader, self.cfg.training.eval_iters, self.data.eod,
+                self.cfg.data.reset_attention_mask, self.layout, **self._prefix_lm_options())
+            if loss is None:
+                continue
+            label = f"{split} {name}" if name else split
+            ppl = math.exp(min(loss, 50.0))
+            p = self.progress
+            self.log(f"{label} loss at iteration {p.iteration} | lm loss {loss:.4f} | "
+                     f"lm loss PPL {ppl:.3f}")
+            self.history.append({"iteration": p.iteration, f"{label} loss": loss,
+                                 f"{label} ppl": ppl})
+            self.tb.scalars({f"{label}/lm loss": loss, f"{label}/lm loss PPL": ppl},
+                            p.iteration, p.consumed_samples, p.consumed_tokens)
+            first = first or (p.iteration, loss)
+        return first
 
     def _should_save_now(self) -> bool:
         c = self.cfg.checkpoint

@@ -40,12 +40,14 @@ def test_two_rank_data_parallel_run_learns_saves_and_resumes(tiny_data, tmp_path
 
 
 def test_tensor_and_data_parallel_runs_match_single_process(tiny_data):
-    """Same seed and data: TP2 and DP2 give the single-process per-step losses (fp32)."""
+    """Same seed and data: TP2 and DP2 give the single-process per-step losses (fp32). TP2 runs
+    with BLOOM's --sync-tp-duplicated-parameters: averaging identical copies changes nothing."""
     common = ("--global-batch-size", "8", "--train-iters", "4", "--eval-iters", "1",
               "--eval-interval", "100")
     single = losses(pretrain(tiny_data, 1, "--micro-batch-size", "8", *common).stdout)
     tp2 = losses(pretrain(tiny_data, 2, "--micro-batch-size", "8",
-                          "--tensor-model-parallel-size", "2", *common).stdout)
+                          "--tensor-model-parallel-size", "2", "--sync-tp-duplicated-parameters",
+                          *common).stdout)
     dp2 = losses(pretrain(tiny_data, 2, "--micro-batch-size", "2", *common).stdout)
     assert sorted(single) == [1, 2, 3, 4]
     for other in (tp2, dp2):
@@ -164,3 +166,24 @@ def test_skip_train_iteration_range_reads_the_batches_without_updating(tiny_data
     for i in (2, 3):
         assert f"iteration {i} skipped (--skip-train-iteration-range): its 4 samples" in out
     assert "iteration 4/6 | consumed samples 16 |" in out  # the skipped batches were consumed
+
+
+def test_bigscience_weighted_split_path_files_train_and_validate_each_group(tiny_data, tmp_path):
+    """BLOOM's data flags: a train file and a valid file with two groups (as
+    load_ratios_meg_ds_format.py writes them); each validation group is logged by name."""
+    p = tiny_data["prefix"]
+    train, valid = tmp_path / "train-splits.txt", tmp_path / "valid-splits.txt"
+    train.write_text(f'"train: 0.6 0:0.45 {p}, 0.4 0.45:0.9 {p}"\n')
+    valid.write_text(f'"valid-head: 1 0.9:0.95 {p}" "valid-tail: 1.0 0.950:1.0 {p}"\n')
+    out = pretrain(tiny_data, 2, "--micro-batch-size", "2", "--global-batch-size", "8",
+                   "--train-iters", "30", "--eval-interval", "15", "--eval-iters", "2",
+                   data_flags=("--train-weighted-split-paths-path", str(train),
+                               "--valid-weighted-split-paths-path", str(valid))).stdout
+    curve = losses(out)
+    assert sorted(curve) == list(range(1, 31)) and curve[30] < curve[1] - 0.5
+    for name in ("valid-head", "valid-tail"):
+        found = re.findall(rf"validation {name} loss at iteration (\d+) \| lm loss ([0-9.]+)",
+                           out)
+        assert [int(i) for i, _ in found] == [15, 30], out[-3000:]
+        assert float(found[1][1]) < float(found[0][1])
+    assert "test loss" not in out  # no test groups given

@@ -1,5 +1,5 @@
 """The examples/slurm recipes: their exact argument lists parse, and pass start-up validation
-for their GPU counts (BLOOM-176B: but for the flags still refused as not implemented)."""
+for their GPU counts; BLOOM-176B's are BigScience's own flags."""
 import os
 import re
 import subprocess
@@ -14,7 +14,8 @@ from megatron.config.validate import ConfigError, check_batch, check_deepspeed_c
 ROOT = Path(__file__).resolve().parents[2]
 SLURM = ROOT / "examples" / "slurm"
 
-# BigScience's tr11-176B-ml.slurm, flag by flag (values of its shell variables substituted).
+# BigScience's tr11-176B-ml.slurm (bigscience-workshop/bigscience, train/tr11-176B-ml, as of
+# commit e726b15), flag by flag (values of its shell variables substituted).
 BLOOM_FLAGS = [
     "--tensor-model-parallel-size", "--pipeline-model-parallel-size", "--pp-partition-method",
     "--num-layers", "--hidden-size", "--num-attention-heads", "--seq-length",
@@ -74,8 +75,10 @@ def test_bloom_recipe_passes_bigscience_flags_and_our_parser_accepts_each():
     check_model_shape(cfg)
     check_batch(cfg, 384)
     check_deepspeed_config(cfg, 384)
-    with pytest.raises(ConfigError, match="--sync-tp-duplicated-parameters.*not implemented"):
-        check_not_implemented(cfg)
+    check_not_implemented(cfg)  # every flag is implemented
+    assert par.sync_tp_duplicated_parameters
+    assert cfg.data.train_weighted_split_paths_path == "data/train-splits.txt"
+    assert cfg.data.valid_weighted_split_paths_path == "data/valid-splits.txt"
 
 
 @pytest.mark.parametrize("name", ["gpt_1.3b.sbatch", "gpt_13b.sbatch", "gpt3_175b.sbatch",
@@ -90,8 +93,7 @@ def test_recipe_is_valid_for_its_gpu_count(name):
 
 
 def test_refused_bigscience_flags_say_not_implemented():
-    for flags in (["--universal-checkpoint"], ["--partition-activations"],
-                  ["--train-weighted-split-paths-path", "x"]):
+    for flags in (["--universal-checkpoint"], ["--partition-activations"]):
         cfg = config_from_args(build_parser().parse_args(flags))
         with pytest.raises(ConfigError, match="not implemented yet"):
             check_not_implemented(cfg)
@@ -103,8 +105,7 @@ def test_bloom_recipe_dry_run_prints_partition_and_plan_on_cpu():
     out = subprocess.run([sys.executable, "pretrain_gpt.py", *args, "--dry-run",
                           "--dry-run-world-size", "384", "--dry-run-gpu", "A100-80GB"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 1, out.stderr[-2000:]  # refused flags remain: said, not hidden
-    assert "--sync-tp-duplicated-parameters is not implemented yet" in out.stdout
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     for text in ("topology ['pipe', 'data', 'model'] [12, 8, 4]", "176,247,271,424 parameters",
                  "    0  5 layers +embedding", "   11  5 layers +projection +head",
                  "328.3 GiB in bf16", "pipeline bubble: 8.6%", "fits"):
