@@ -174,11 +174,13 @@ def build_pipeline_module(cfg, layout: ParallelLayout, params_dtype=torch.float3
     specs.append(head)
 
     recompute = functools.partial(_checkpoint_range, rng)
-    return GPTPipelineModule(specs, tied, topology=deepspeed_topology(layout), loss_fn=_loss_fn,
-               partition_method=cfg.parallel.pp_partition_method,
-               activation_checkpoint_interval=1 if checkpoint_activations else 0,
-               activation_checkpoint_func=recompute,
-               checkpointable_layers=["TransformerLayerPipe"])
+    module = GPTPipelineModule(specs, tied, topology=deepspeed_topology(layout),
+                               loss_fn=_loss_fn, partition_method=cfg.parallel.pp_partition_method,
+                               activation_checkpoint_interval=1 if checkpoint_activations else 0,
+                               activation_checkpoint_func=recompute,
+                               checkpointable_layers=["TransformerLayerPipe"])
+    module.rng = rng  # the stage's dropout streams, saved and restored with checkpoints
+    return module
 
 
 def _checkpoint_range(rng, fn, *inputs):

@@ -50,3 +50,22 @@ def test_3d_run_on_8_processes_matches_single_process(tiny_data, single):
     assert "layout TP2 x PP2 x DP2 = 8 ranks" in run[0]
     # --eval-iters counts micro-batches per DP rank, so DP 2 validates on other samples.
     _assert_same(single, run, same_validation=False)
+
+
+def test_resume_is_exact_under_tp2_pp2_dp2(tiny_data, tmp_path):
+    """8 steps in one run == 4 steps, stop, resume for 4, at TP 2 x PP 2 x DP 2: identical
+    per-step losses (CPU fp32), across a batch-size rampup boundary and the end of LR warmup,
+    with dropout on."""
+    flags = ("--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2",
+             "--micro-batch-size", "2", "--global-batch-size", "8", "--rampup-batch-size",
+             "4", "4", "20", "--train-samples", "44", "--lr-warmup-iters", "0",
+             "--lr-warmup-samples", "16", "--hidden-dropout", "0.1", "--attention-dropout",
+             "0.1", "--eval-interval", "1000", "--eval-iters", "1")
+    whole = losses(pretrain(tiny_data, 8, *flags).stdout)
+    ck = tmp_path / "ck"
+    first = pretrain(tiny_data, 8, *flags, "--save", str(ck), "--exit-interval", "4")
+    assert "exiting at iteration 4" in first.stdout
+    second = pretrain(tiny_data, 8, *flags, "--load", str(ck))
+    assert f"resumed from {ck}/global_step4: iteration 4" in second.stdout
+    resumed = {**losses(first.stdout), **losses(second.stdout)}
+    assert len(whole) == 8 and whole == resumed
