@@ -30,14 +30,19 @@ def losses(stdout: str) -> dict[int, float]:
 
 def pretrain(data, nproc, *flags, timeout=600, env=None, check=True, data_flags=None):
     """A tiny run on `data` (tests/e2e's tiny_data); `data_flags` replace --data-path/--split."""
+    return run(pretrain_cmd(data, nproc, *flags, data_flags=data_flags), timeout=timeout,
+               env=env, check=check)
+
+
+def pretrain_cmd(data, nproc, *flags, data_flags=None, script="pretrain_gpt.py") -> list:
+    """The torchrun command line of `pretrain` (`script` in place of pretrain_gpt.py)."""
     if data_flags is None:
         data_flags = ("--data-path", data["prefix"], "--split", "90,9,1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc-per-node={nproc}", "pretrain_gpt.py",
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc-per-node={nproc}", script,
            "--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4",
            "--seq-length", "32", "--lr", "3e-3", "--lr-warmup-iters", "2",
            "--hidden-dropout", "0", "--attention-dropout", "0", "--log-interval", "1",
            *data_flags,
            "--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", data["spm"],
            "--deepspeed_config", "ds_configs/zero1.json", *flags]
-    return run(cmd, timeout=timeout, env=env, check=check)

@@ -132,6 +132,46 @@ def test_sigterm_to_one_rank_stops_all_with_a_checkpoint(tiny_data, tmp_path):
     assert (ck / tag / "config.json").exists()
 
 
+def test_kill_9_during_save_leaves_the_previous_checkpoint_loadable(tiny_data, tmp_path):
+    """SIGKILL to the whole job while the second save has written its files into
+    global_step10.tmp: `latest` still names global_step5, which resumes the same curve."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from cli_runner import ROOT, pretrain_cmd
+
+    ck, log_path = tmp_path / "ck", tmp_path / "killed.log"
+    flags = ("--micro-batch-size", "2", "--global-batch-size", "4", "--train-iters", "14",
+             "--eval-interval", "1000", "--eval-iters", "1", "--save", str(ck),
+             "--save-interval", "5")
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK",
+                                                            "MASTER_ADDR", "MASTER_PORT")}
+    with open(log_path, "w") as log:
+        job = subprocess.Popen(pretrain_cmd(tiny_data, 2, *flags,
+                                            script="tests/e2e/slow_save_pretrain.py"),
+                               cwd=ROOT, env=dict(env, OMP_NUM_THREADS="1"), stdout=log,
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while "stalling in save of global_step10.tmp" not in log_path.read_text():
+        assert job.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
+        time.sleep(0.2)
+    partial = ck / "global_step10.tmp"
+    assert any(partial.iterdir())  # the engine's files are there, mid-save
+    os.killpg(job.pid, signal.SIGKILL)  # the launcher and both ranks, no chance to clean up
+    assert job.wait(timeout=60) == -signal.SIGKILL
+    assert (ck / "latest").read_text().strip() == "global_step5"
+    assert not (ck / "global_step10").exists()
+    before = losses(log_path.read_text())
+    resumed = pretrain(tiny_data, 2, *flags, "--load", str(ck)).stdout
+    assert f"resumed from {ck}/global_step5: iteration 5" in resumed
+    after = losses(resumed)
+    assert sorted(after) == list(range(6, 15))
+    assert {i: after[i] for i in range(6, 11)} == {i: before[i] for i in range(6, 11)}
+    assert (ck / "latest").read_text().strip() == "global_step14" and not partial.exists()
+
+
 def test_load_errors_are_clear_and_nothing_is_overwritten(tiny_data, tmp_path):
     ck = tmp_path / "ck"
     pretrain(tiny_data, 1, "--micro-batch-size", "2", "--train-iters", "3", "--save", str(ck))
