@@ -88,7 +88,14 @@ def main(argv=None) -> Trainer:
     data = TrainData(train_loader=loader(train_ds, progress.consumed_samples),
                      valid_loaders=fresh(valid_sets), test_loaders=fresh(test_sets),
                      eod=tokenizer.eod)
-    trainer = Trainer(cfg, layout, engine, data, calc, total_iters, progress)
+    harness = None
+    if t.eval_harness_tasks:
+        from megatron.eval.periodic import PeriodicHarness
+        try:
+            harness = PeriodicHarness(cfg, layout, model, tokenizer)
+        except ValueError as e:
+            sys.exit(f"pretrain_gpt.py: error: {e}")
+    trainer = Trainer(cfg, layout, engine, data, calc, total_iters, progress, harness)
     trainer.train()
     return trainer
 

@@ -219,6 +219,18 @@ def build_parser() -> argparse.ArgumentParser:
                "megatron-core's linear layers still break the graphs; see docs/benchmarks.md.")
     t.add("--eval-interval", type=int, default=1000, help="Steps between validations.")
     t.add("--eval-iters", type=int, default=10, help="Batches per validation.")
+    t.add("--eval-harness-tasks", default=None,
+          help="lm-evaluation-harness tasks (comma-separated) to run on the model being "
+               "trained, logged and written to TensorBoard (PP 1).")
+    t.add("--eval-harness-interval", type=int, default=None,
+          help="Steps between --eval-harness-tasks runs (default: --eval-interval); also run "
+               "at the end of training.")
+    t.add("--eval-harness-include-path", default=None,
+          help="Directory of local lm-eval task YAMLs for --eval-harness-tasks.")
+    t.add("--eval-harness-limit", type=float, default=None,
+          help="Documents per task (an int, or a fraction of the task) for each run.")
+    t.add("--eval-harness-num-fewshot", type=int, default=None, help="Few-shot examples.")
+    t.add("--eval-harness-batch-size", type=int, default=8, help="Requests per forward.")
     t.add("--exit-interval", type=int, default=None, help="Stop after this step (saving).")
     t.add("--exit-duration-in-mins", type=float, default=None,
           help="Save and stop after this many minutes of training.")

@@ -138,6 +138,13 @@ class TrainingConfig:
     torch_compile: bool = False
     eval_interval: int = 1000
     eval_iters: int = 10
+    # lm-evaluation-harness during training (megatron/eval/periodic.py)
+    eval_harness_tasks: Optional[str] = None  # comma-separated lm-eval task names
+    eval_harness_interval: Optional[int] = None  # None: --eval-interval
+    eval_harness_include_path: Optional[str] = None
+    eval_harness_limit: Optional[float] = None
+    eval_harness_num_fewshot: Optional[int] = None
+    eval_harness_batch_size: int = 8
     exit_interval: Optional[int] = None
     exit_duration_in_mins: Optional[float] = None
     kill_switch_path: Optional[str] = None

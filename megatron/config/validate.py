@@ -255,8 +255,24 @@ def check_prefix_lm(cfg: Config) -> None:
                           f"got {m.seq_length}")
 
 
+def check_eval_harness(cfg: Config) -> None:
+    t = cfg.training
+    if not t.eval_harness_tasks:
+        return
+    if cfg.parallel.pipeline_model_parallel_size > 1:
+        raise ConfigError("--eval-harness-tasks runs on the model being trained only with "
+                          "--pipeline-model-parallel-size 1; evaluate pipeline checkpoints with "
+                          "tasks/eval_harness/evaluate.py")
+    if (t.eval_harness_interval or t.eval_interval or 0) < 1:
+        raise ConfigError(f"--eval-harness-interval {t.eval_harness_interval} must be >= 1")
+    if t.eval_harness_include_path and not os.path.isdir(t.eval_harness_include_path):
+        raise ConfigError(f"--eval-harness-include-path {t.eval_harness_include_path}: not a "
+                          f"directory")
+
+
 def validate_config(cfg: Config, world_size: int) -> None:
     check_not_implemented(cfg)
+    check_eval_harness(cfg)
     parse_iteration_ranges(cfg.training.skip_train_iteration_range)
     data_parallel_size(cfg, world_size)
     check_model_shape(cfg)

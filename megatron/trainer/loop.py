@@ -44,8 +44,10 @@ def print_rank0(layout: ParallelLayout, *msg) -> None:
 
 class Trainer:
     def __init__(self, cfg: Config, layout: ParallelLayout, engine: TrainEngine, data: TrainData,
-                 batch_calculator, total_iters: int, progress: ckpt.Progress):
+                 batch_calculator, total_iters: int, progress: ckpt.Progress, harness=None):
+        """harness: a megatron.eval.periodic.PeriodicHarness (--eval-harness-tasks) or None."""
         self.cfg, self.layout, self.engine, self.data = cfg, layout, engine, data
+        self.harness, self.last_harness = harness, None
         self.calc, self.total_iters, self.progress = batch_calculator, total_iters, progress
         self.tb = TensorBoard(cfg.logging.tensorboard_dir, layout.rank == 0)
         self.flops_per_token = flops_per_token(cfg.model)
@@ -120,6 +122,8 @@ class Trainer:
                 interval = _new_interval()
             if cfg.training.eval_interval and p.iteration % cfg.training.eval_interval == 0:
                 last_eval = self.evaluate("validation")
+            if self.harness and self.harness.due(p.iteration):
+                self.evaluate_harness()
             if self._should_save_now():
                 self.save()
             if stop.requested(self.layout.device):
@@ -134,6 +138,8 @@ class Trainer:
                 return p
         if last_eval is None or last_eval[0] != p.iteration:
             self.evaluate("validation")
+        if self.harness and self.last_harness != p.iteration:
+            self.evaluate_harness()
         if cfg.checkpoint.save and not (cfg.checkpoint.save_interval and
                                         p.iteration % cfg.checkpoint.save_interval == 0):
             self.save()
@@ -186,6 +192,22 @@ class Trainer:
                             p.iteration, p.consumed_samples, p.consumed_tokens)
             first = first or (p.iteration, loss)
         return first
+
+    def evaluate_harness(self) -> dict:
+        """--eval-harness-tasks on the current weights; scores logged and sent to TensorBoard."""
+        p = self.progress
+        t0 = time.perf_counter()
+        scores = self.harness.run()
+        self.last_harness = p.iteration
+        if scores:
+            self.log(f"eval harness at iteration {p.iteration} | " + " | ".join(
+                f"{k} {v:.4f}" for k, v in scores.items()) +
+                f" | {time.perf_counter() - t0:.1f}s")
+            self.history.append({"iteration": p.iteration,
+                                 **{f"eval harness {k}": v for k, v in scores.items()}})
+            self.tb.scalars({f"eval harness/{k}": v for k, v in scores.items()}, p.iteration,
+                            p.consumed_samples, p.consumed_tokens)
+        return scores
 
     def _should_save_now(self) -> bool:
         c = self.cfg.checkpoint

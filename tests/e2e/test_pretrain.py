@@ -227,3 +227,34 @@ def test_bigscience_weighted_split_path_files_train_and_validate_each_group(tiny
         assert [int(i) for i, _ in found] == [15, 30], out[-3000:]
         assert float(found[1][1]) < float(found[0][1])
     assert "test loss" not in out  # no test groups given
+
+
+def test_eval_harness_during_training_equals_the_standalone_evaluator(tiny_data, tmp_path):
+    """--eval-harness-tasks at TP 2 (steps 6 and 12) logs lm-eval scores and writes them to
+    TensorBoard; the final ones equal tasks/eval_harness/evaluate.py on the saved checkpoint."""
+    import json
+    import sys
+
+    from cli_runner import run
+
+    offline = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    ck, tb = tmp_path / "ck", tmp_path / "tb"
+    out = pretrain(tiny_data, 2, "--tensor-model-parallel-size", "2", "--micro-batch-size", "4",
+                   "--global-batch-size", "8", "--train-iters", "12", "--eval-interval", "100",
+                   "--eval-iters", "1", "--eval-harness-tasks", "tiny_mc,tiny_ppl",
+                   "--eval-harness-include-path", "tests/fixtures/eval_tasks",
+                   "--eval-harness-interval", "6", "--eval-harness-num-fewshot", "0",
+                   "--save", str(ck), "--tensorboard-dir", str(tb), env=offline).stdout
+    lines = re.findall(r"eval harness at iteration (\d+) \| (.*)", out)
+    assert [int(i) for i, _ in lines] == [6, 12], out[-3000:]
+    final = dict(re.findall(r"(\S+/\S+) ([0-9.]+)", lines[-1][1]))
+    run([sys.executable, "tasks/eval_harness/evaluate.py", "--load", str(ck), "--tasks",
+         "tiny_mc,tiny_ppl", "--num-fewshot", "0", "--include-path", "tests/fixtures/eval_tasks",
+         "--results-path", str(tmp_path / "r.json")], env=offline)
+    ref = json.loads((tmp_path / "r.json").read_text())["results"]
+    assert float(final["tiny_mc/acc"]) == pytest.approx(ref["tiny_mc"]["acc,none"], abs=1e-4)
+    assert float(final["tiny_ppl/bits_per_byte"]) == pytest.approx(
+        ref["tiny_ppl"]["bits_per_byte,none"], rel=1e-3)
+    from tools.plot_logs import read_scalars
+    logged = read_scalars(tb, "steps")["eval harness/tiny_ppl/bits_per_byte"]
+    assert logged[0] == [6, 12]

@@ -229,3 +229,19 @@ def test_batch_sizes_follow_rampup_schedule():
 def test_skip_train_iteration_range_format():
     assert "expected START-END" in _error(TRAIN + ["--skip-train-iteration-range", "10:20"])
     assert "1 <= START <= END" in _error(TRAIN + ["--skip-train-iteration-range", "20-10"])
+
+
+def test_eval_harness_flags_are_checked_at_start_up(tmp_path):
+    from megatron.config.validate import check_eval_harness
+    from megatron.eval.periodic import PeriodicHarness
+    base = ["--train-iters", "1", "--eval-harness-tasks", "tiny_mc"]
+    with pytest.raises(ConfigError, match="--pipeline-model-parallel-size 1"):
+        check_eval_harness(parse_config(base + ["--pipeline-model-parallel-size", "2"]))
+    with pytest.raises(ConfigError, match="--eval-harness-include-path .*not a directory"):
+        check_eval_harness(parse_config(base + ["--eval-harness-include-path",
+                                                str(tmp_path / "nope")]))
+    cfg = parse_config(["--train-iters", "1", "--eval-harness-tasks", "tiny_mc,no_such_task",
+                        "--eval-harness-include-path", "tests/fixtures/eval_tasks"])
+    check_eval_harness(cfg)
+    with pytest.raises(ValueError, match=r"unknown task\(s\) \['no_such_task'\]"):
+        PeriodicHarness(cfg, layout=None, model=None, tokenizer=None)
