@@ -24,6 +24,19 @@ from megatron.trainer.schedules import schedule_samples
 
 def resume(engine, cfg, layout) -> ckpt.Progress:
     c = cfg.checkpoint
+    if cfg.training.universal_checkpoint:  # written by tools/checkpoint_to_universal.py
+        from megatron.trainer.universal import find_universal_tag
+        try:
+            tag = find_universal_tag(c.load, None)
+        except FileNotFoundError as e:
+            raise ckpt.CheckpointError(str(e)) from e
+        ckpt.check_compatible(c.load, tag, cfg, ignore=("vocab_size",))
+        state = engine.load_universal(c.load, tag, cfg)
+        ckpt.set_rng_state(state["rng"])
+        progress = ckpt.progress_from(state)
+        print_rank0(layout, f"resumed from universal checkpoint {c.load}/{tag}: iteration "
+                            f"{progress.iteration}, {progress.consumed_samples} samples consumed")
+        return progress
     tag = ckpt.find_checkpoint(c.load, c.save)
     if tag is None:
         print_rank0(layout, f"--load {c.load}: no checkpoint yet, starting from scratch")

@@ -260,8 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
           help="Shard checkpointed activations over TP ranks (DeepSpeed). Not implemented yet: "
                "refused at start-up.")
     t.add("--universal-checkpoint", action="store_true",
-          help="Load a DeepSpeed universal checkpoint (any layout). Not implemented yet: "
-               "refused at start-up.")
+          help="--load is a layout-independent checkpoint (tools/checkpoint_to_universal.py): "
+               "resume with its weights, fp32 master weights and Adam moments at this run's "
+               "TP/PP/DP sizes.")
     t.add("--abort-on-unmet-fused-kernel-constraints", action="store_true",
           help="Accepted for compatibility; no effect (there is no fused-softmax fallback "
                "path here: attention kernels are chosen by --attention-kernel).")

@@ -17,8 +17,6 @@ NOT_IMPLEMENTED_YET = {
     ("parallel", "sequence_parallel"): (False, "--sequence-parallel", "sequence parallelism"),
     ("training", "partition_activations"): (
         False, "--partition-activations", "activation partitioning over TP ranks"),
-    ("training", "universal_checkpoint"): (
-        False, "--universal-checkpoint", "DeepSpeed universal checkpoints"),
 }
 
 

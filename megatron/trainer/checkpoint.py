@@ -57,13 +57,14 @@ def progress_from(state: dict) -> Progress:
     return Progress(state["iteration"], state["consumed_samples"], state.get("consumed_tokens", 0))
 
 
-def check_same_model(saved: dict, cfg: Config, directory: str) -> None:
+def check_same_model(saved: dict, cfg: Config, directory: str, ignore: tuple = ()) -> None:
     """Refuse a checkpoint whose architecture differs from the flags, naming the fields."""
     saved_model = saved.get("config", {}).get("model", {})
     ours = cfg.to_dict()["model"]
-    keys = ("num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size", "vocab_size",
-            "position_embedding_type", "glu_activation", "normalization", "add_bias_linear",
-            "untie_embeddings_and_output_weights")
+    keys = [k for k in ("num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size",
+                        "vocab_size", "position_embedding_type", "glu_activation",
+                        "normalization", "add_bias_linear",
+                        "untie_embeddings_and_output_weights") if k not in ignore]
     diff = [f"{k}: checkpoint {saved_model.get(k)!r} vs flags {ours[k]!r}" for k in keys
             if k in saved_model and saved_model[k] != ours[k]]
     if diff:
@@ -116,8 +117,9 @@ def find_checkpoint(load_dir: str, save_dir: Optional[str]) -> Optional[str]:
     return tag
 
 
-def check_compatible(load_dir: str, tag: str, cfg: Config) -> None:
-    """Refuse, before loading any tensor, a checkpoint of a different model shape."""
+def check_compatible(load_dir: str, tag: str, cfg: Config, ignore: tuple = ()) -> None:
+    """Refuse, before loading any tensor, a checkpoint of a different model shape (fields in
+    `ignore` may differ: a universal checkpoint refits the padded vocabulary)."""
     path = os.path.join(load_dir, tag, "config.json")
     if not os.path.isfile(path):
         raise CheckpointError(f"{path} is missing: not a checkpoint written by pretrain_gpt.py, "
@@ -127,7 +129,7 @@ def check_compatible(load_dir: str, tag: str, cfg: Config) -> None:
             saved = json.load(f)
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path} is corrupt ({e})") from e
-    check_same_model({"config": saved}, cfg, load_dir)
+    check_same_model({"config": saved}, cfg, load_dir, ignore)
 
 
 def save_checkpoint(engine, cfg: Config, progress: Progress, directory: str,

@@ -144,6 +144,13 @@ class DeepSpeedTrainEngine(TrainEngine):
         self.engine.save_checkpoint(directory, tag=tag, client_state=client_state,
                                     save_latest=False)
 
+    def load_universal(self, directory: str, tag: str, cfg: Config) -> dict:
+        from megatron.trainer.universal import load_universal
+        meta = load_universal(self, cfg, self.layout, directory, tag)
+        if "lr_scheduler" in meta:
+            self.scheduler.load_state_dict(meta["lr_scheduler"])
+        return meta
+
     def load(self, directory: str, tag: str, load_optimizer: bool = True,
              load_rng: bool = True) -> dict:
         path, client_state = self.engine.load_checkpoint(

@@ -166,7 +166,6 @@ def test_train_length_required():
 
 @pytest.mark.parametrize("argv,flag", [
     (["--sequence-parallel"], "--sequence-parallel"),
-    (["--universal-checkpoint"], "--universal-checkpoint"),
     (["--partition-activations"], "--partition-activations"),
 ])
 def test_flags_of_later_features_fail_clearly(argv, flag):

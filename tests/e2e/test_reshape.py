@@ -1,0 +1,56 @@
+"""Resume on another layout: a checkpoint saved at TP 2 x PP 2 goes through
+tools/checkpoint_to_universal.py and resumes at TP 1 x PP 1 and at TP 1 x PP 2 with its fp32
+master weights and Adam moments: the following steps' losses equal the original run's (fp32,
+within the float-sum differences between layouts)."""
+import sys
+
+import pytest
+
+from cli_runner import losses, pretrain, run
+
+pytestmark = pytest.mark.slow
+
+FLAGS = ("--micro-batch-size", "2", "--global-batch-size", "8", "--train-iters", "8",
+         "--lr-warmup-iters", "2", "--eval-interval", "1000", "--eval-iters", "1")
+
+
+@pytest.fixture(scope="module")
+def original(tiny_data, tmp_path_factory):
+    """8 steps at TP 2 x PP 2 saving at step 4, and step 4 made universal on 4 processes."""
+    d = tmp_path_factory.mktemp("reshape")
+    out = pretrain(tiny_data, 4, *FLAGS, "--tensor-model-parallel-size", "2",
+                   "--pipeline-model-parallel-size", "2", "--save", str(d / "ck"),
+                   "--save-interval", "4").stdout
+    conv = run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc-per-node=4", "tools/checkpoint_to_universal.py", "--load",
+                str(d / "ck"), "--tag", "global_step4", "--save", str(d / "uni")]).stdout
+    assert "iteration 4, Adam step 4" in conv, conv[-2000:]
+    return losses(out), d / "uni"
+
+
+@pytest.mark.parametrize("nproc, layout", [(1, ()), (2, ("--pipeline-model-parallel-size",
+                                                          "2"))])
+def test_universal_checkpoint_resumes_the_curve_on_another_layout(tiny_data, original, nproc,
+                                                                  layout):
+    curve, uni = original
+    out = pretrain(tiny_data, nproc, *FLAGS, *layout, "--universal-checkpoint", "--load",
+                   str(uni)).stdout
+    assert f"resumed from universal checkpoint {uni}/global_step4: iteration 4, 32 samples" in out
+    after = losses(out)
+    assert sorted(after) == [5, 6, 7, 8]
+    for i in after:  # step 5 checks the weights; 6-8 the moments and the Adam step count too
+        assert after[i] == pytest.approx(curve[i], rel=2e-4), (i, after, curve)
+
+
+def test_wrong_process_count_or_plain_checkpoint_are_clear_errors(tiny_data, original):
+    _, uni = original
+    ck = uni.parent / "ck"
+    conv = run([sys.executable, "tools/checkpoint_to_universal.py", "--load", str(ck), "--save",
+                str(uni.parent / "nope")], check=False)
+    assert conv.returncode != 0
+    assert "was saved by 4 ranks (TP 2 x PP 2 x DP 1); run this with 4 processes, not 1" in \
+        conv.stderr
+    plain = pretrain(tiny_data, 1, *FLAGS, "--universal-checkpoint", "--load", str(ck),
+                     check=False)
+    assert plain.returncode != 0
+    assert f"--universal-checkpoint --load {ck}: no universal checkpoint there" in plain.stderr
