@@ -29,6 +29,13 @@ def build_deepspeed_config(cfg: Config, world_size: int) -> dict:
     if t.zero_stage is not None:
         zero["stage"] = t.zero_stage
     zero.setdefault("stage", DEFAULT_ZERO_STAGE)
+    accum = ds.get("data_types", {}).get("grad_accum_dtype")
+    if t.bf16 and zero["stage"] == 0 and accum in ("fp32", "float32"):
+        # BigScience's "bf16 at ZeRO-0" meant DeepSpeed's BF16_Optimizer (fp32 accumulation,
+        # master weights and Adam states sharded over DP by the optimizer itself). DeepSpeed
+        # 0.19 reaches that optimizer only through stage 1 and raises NotImplementedError for
+        # stage 0 with bf16 weights and fp32 accumulation; stage 1 is the same optimizer.
+        zero["stage"] = 1
     if zero["stage"] == 3:
         raise ValueError("ZeRO stage 3 is not supported with tensor-parallel layers; use 0, 1 "
                          "or 2 (--zero-stage or zero_optimization.stage in --deepspeed_config)")

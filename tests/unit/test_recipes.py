@@ -125,6 +125,8 @@ def test_ds_configs_are_valid_with_matching_flags(name):
     assert full["train_batch_size"] == 8 and full["gradient_accumulation_steps"] == 2
     if "--fp16" in precision:
         assert full["fp16"]["loss_scale"] == 0  # dynamic loss scaling
+    if name == "zero0_bf16.json":  # DeepSpeed 0.19 runs BF16_Optimizer only at stage 1
+        assert full["zero_optimization"]["stage"] == 1
 
 
 def test_ds_config_contradicting_clip_grad_names_both(tmp_path):
