@@ -286,6 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add("--tensorboard-dir", default=None, help="Write TensorBoard events here.")
     lg.add("--log-params-norm", action="store_true",
            help="Also log the L2 norm of all parameters (costs one pass over them).")
+    lg.add("--log-per-layer-grad-norm", action="store_true",
+           help="Each --log-interval, the gradient norm of every block (embedding, each layer, "
+                "head) to TensorBoard, the largest in the log line (PP 1).")
     lg.add("--log-level", default=None,
            choices=["debug", "info", "warning", "error", "critical", "passive"],
            help="Accepted for compatibility (Megatron-DeepSpeed's logger verbosity); no effect "

@@ -178,6 +178,7 @@ class LoggingConfig:
     log_interval: int = 100
     tensorboard_dir: Optional[str] = None
     log_params_norm: bool = False
+    log_per_layer_grad_norm: bool = False
     # accepted for compatibility, no effect on training:
     log_level: Optional[str] = None
     log_level_replica: Optional[str] = None

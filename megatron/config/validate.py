@@ -253,6 +253,13 @@ def check_prefix_lm(cfg: Config) -> None:
                           f"got {m.seq_length}")
 
 
+def check_logging(cfg: Config) -> None:
+    if cfg.logging.log_per_layer_grad_norm and cfg.parallel.pipeline_model_parallel_size > 1:
+        raise ConfigError("--log-per-layer-grad-norm needs --pipeline-model-parallel-size 1 "
+                          "(DeepSpeed's pipeline engine applies the step inside train_batch, "
+                          "with no point to read the gradients)")
+
+
 def check_eval_harness(cfg: Config) -> None:
     t = cfg.training
     if not t.eval_harness_tasks:
@@ -271,6 +278,7 @@ def check_eval_harness(cfg: Config) -> None:
 def validate_config(cfg: Config, world_size: int) -> None:
     check_not_implemented(cfg)
     check_eval_harness(cfg)
+    check_logging(cfg)
     parse_iteration_ranges(cfg.training.skip_train_iteration_range)
     data_parallel_size(cfg, world_size)
     check_model_shape(cfg)

@@ -89,13 +89,34 @@ class DeepSpeedTrainEngine(TrainEngine):
                              prefix_lengths=b.prefix_lengths, document_ids=b.document_ids)
         return self.model.loss(logits, b.labels, b.loss_mask)
 
-    def train_step(self, micro_batches: Sequence[Batch], samples: int) -> StepResult:
+    def layer_grad_norms(self) -> dict:
+        """{block: L2 norm} of the reduced (DP-averaged), unclipped gradients; call after the
+        last backward of a step and before its optimizer step. Every TP shard counts once."""
+        from deepspeed.utils import safe_get_full_grad
+        from megatron.core.tensor_parallel import param_is_not_tensor_parallel_duplicate
+
+        from megatron.trainer.universal import block_of
+        blocks = {}
+        for name, p in self.model.named_parameters():
+            grad = safe_get_full_grad(p) if hasattr(p, "_hp_mapping") else p.grad
+            if grad is None:
+                continue
+            if param_is_not_tensor_parallel_duplicate(p):
+                block = block_of(name)
+                blocks[block] = blocks.get(block, 0.0) + grad.float().pow(2).sum()
+        names = sorted(blocks, key=_block_order)
+        sq = torch.stack([torch.as_tensor(blocks[n]) for n in names]).to(self.layout.device)
+        dist.all_reduce(sq, group=self.layout.tp_group)
+        return {n: v.sqrt().item() for n, v in zip(names, sq)}
+
+    def train_step(self, micro_batches: Sequence[Batch], samples: int,
+                   layer_grad_norms: bool = False) -> StepResult:
         if len(micro_batches) != self.grad_accum:
             raise ValueError(f"got {len(micro_batches)} micro-batches, DeepSpeed expects "
                              f"{self.grad_accum} per step")
         self.engine.train()
         total = torch.zeros((), dtype=torch.float32, device=self.layout.device)
-        skipped = False
+        skipped, norms = False, None
         for i, mb in enumerate(micro_batches):
             last = i == len(micro_batches) - 1
             # Say where the boundary is: DeepSpeed's own count of micro-steps goes out of phase
@@ -108,6 +129,8 @@ class DeepSpeedTrainEngine(TrainEngine):
                 self.engine.zero_grad()
                 skipped = True
                 break
+            if last and layer_grad_norms:
+                norms = self.layer_grad_norms()
             self.engine.step()  # applies the update only at the accumulation boundary
         mean_loss = total / len(micro_batches)
         dist.all_reduce(mean_loss, group=self.layout.dp_group)
@@ -117,7 +140,7 @@ class DeepSpeedTrainEngine(TrainEngine):
             self.scheduler.step(samples)
         norm = self.engine.get_global_grad_norm()
         return StepResult(loss=mean_loss.item(), grad_norm=None if norm is None else float(norm),
-                          lr=self.current_lr(), skipped=skipped)
+                          lr=self.current_lr(), skipped=skipped, layer_grad_norms=norms)
 
     def skip_step(self, samples: int) -> None:
         self.scheduler.step(samples)
@@ -163,3 +186,10 @@ class DeepSpeedTrainEngine(TrainEngine):
         if load_rng and "dropout_rng" in client_state:
             self.model.rng.set_states(client_state["dropout_rng"])
         return client_state
+
+
+def _block_order(block: str) -> tuple:
+    """embedding, layers.0, layers.1, ..., head."""
+    if block.startswith("layers."):
+        return (1, int(block.split(".")[1]))
+    return (0 if block == "embedding" else 2, 0)

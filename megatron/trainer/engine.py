@@ -14,15 +14,18 @@ class StepResult:
     grad_norm: Optional[float]
     lr: float
     skipped: bool          # the optimizer did not apply this step (e.g. fp16 overflow)
+    layer_grad_norms: Optional[dict] = None  # {"embedding"|"layers.N"|"head": L2 norm}
 
 
 class TrainEngine(abc.ABC):
     """Owns model, optimizer, precision and parallel communication for training."""
 
     @abc.abstractmethod
-    def train_step(self, micro_batches: Sequence[Batch], samples: int) -> StepResult:
+    def train_step(self, micro_batches: Sequence[Batch], samples: int,
+                   layer_grad_norms: bool = False) -> StepResult:
         """Forward/backward over one global batch's micro-batches, then one optimizer step;
-        advance the LR schedule by `samples`."""
+        advance the LR schedule by `samples`. layer_grad_norms: also measure each block's
+        gradient norm (before clipping)."""
 
     @abc.abstractmethod
     def skip_step(self, samples: int) -> None:

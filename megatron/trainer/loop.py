@@ -98,7 +98,10 @@ class Trainer:
                 self.log(f"iteration {p.iteration} skipped (--skip-train-iteration-range): "
                          f"its {gbs} samples were read, no update")
                 continue
-            result = self.engine.train_step(micro, gbs)
+            logs_now = (p.iteration + 1) % cfg.logging.log_interval == 0 or \
+                p.iteration + 1 == self.total_iters
+            result = self.engine.train_step(
+                micro, gbs, layer_grad_norms=cfg.logging.log_per_layer_grad_norm and logs_now)
             dt = time.perf_counter() - t0
             p.advance(gbs, seq)
             self.batch_sizes.append(gbs)
@@ -161,6 +164,10 @@ class Trainer:
             "params norm": self.engine.param_norm() if self.cfg.logging.log_params_norm
             else None,
         }
+        layers = result.layer_grad_norms or {}
+        if layers:
+            worst = max(layers, key=layers.get)
+            values["max layer grad norm"] = f"{layers[worst]:.3E} ({worst})"
         if torch.cuda.is_available():
             values["mem GiB"] = torch.cuda.max_memory_allocated() / 2**30
         self.log(format_log_line(values))
@@ -168,6 +175,10 @@ class Trainer:
         self.history.append(dict(numeric, iteration=p.iteration))
         self.tb.scalars({f"train/{k}": v for k, v in numeric.items()}, p.iteration,
                         p.consumed_samples, p.consumed_tokens)
+        if layers:
+            self.history[-1]["layer grad norms"] = layers
+            self.tb.scalars({f"grad norm/{k}": v for k, v in layers.items()}, p.iteration,
+                            p.consumed_samples, p.consumed_tokens)
 
     def evaluate(self, split: str):
         """Loss on each validation (or test) set; (iteration, loss of the first set) or None.

@@ -55,7 +55,9 @@ class PipelineTrainEngine(DeepSpeedTrainEngine):
             extra = tuple(t for t in (b.prefix_lengths, b.document_ids) if t is not None)
             yield (b.tokens, b.position_ids, *extra), (b.labels, b.loss_mask)
 
-    def train_step(self, micro_batches: Sequence[Batch], samples: int) -> StepResult:
+    def train_step(self, micro_batches: Sequence[Batch], samples: int,
+                   layer_grad_norms: bool = False) -> StepResult:
+        # layer_grad_norms: refused at start-up for PP > 1 (train_batch steps internally)
         if len(micro_batches) != self.grad_accum:
             raise ValueError(f"got {len(micro_batches)} micro-batches, DeepSpeed expects "
                              f"{self.grad_accum} per step")

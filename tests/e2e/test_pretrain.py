@@ -217,6 +217,7 @@ def test_bigscience_weighted_split_path_files_train_and_validate_each_group(tiny
     valid.write_text(f'"valid-head: 1 0.9:0.95 {p}" "valid-tail: 1.0 0.950:1.0 {p}"\n')
     out = pretrain(tiny_data, 2, "--micro-batch-size", "2", "--global-batch-size", "8",
                    "--train-iters", "30", "--eval-interval", "15", "--eval-iters", "2",
+                   "--log-per-layer-grad-norm",  # rides along: its log field is checked below
                    data_flags=("--train-weighted-split-paths-path", str(train),
                                "--valid-weighted-split-paths-path", str(valid))).stdout
     curve = losses(out)
@@ -227,6 +228,9 @@ def test_bigscience_weighted_split_path_files_train_and_validate_each_group(tiny
         assert [int(i) for i, _ in found] == [15, 30], out[-3000:]
         assert float(found[1][1]) < float(found[0][1])
     assert "test loss" not in out  # no test groups given
+    worst = re.findall(r"max layer grad norm ([0-9.E+-]+) \((embedding|layers\.[01]|head)\)",
+                       out)
+    assert len(worst) == 30 and all(float(v) > 0 for v, _ in worst)
 
 
 def test_eval_harness_during_training_equals_the_standalone_evaluator(tiny_data, tmp_path):

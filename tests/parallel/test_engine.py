@@ -109,3 +109,54 @@ def test_non_finite_step_is_skipped_on_every_rank(zero_stage):
             _nan_step_is_skipped, 2, args=(zero_stage,), timeout=300):
         assert skipped and unchanged and lr_held
         assert not next_skipped and lr_moved_later and finite
+
+
+def _layer_grad_norms(rank, world_size, ds_config, bf16):
+    import torch
+
+    from megatron.config.cli import parse_config
+    from megatron.data.batch import Batch
+    from megatron.model.gpt import GPTModel
+    from megatron.parallel.layout import initialize_parallel
+    from megatron.trainer.deepspeed_engine import DeepSpeedTrainEngine
+    from megatron.trainer.universal import block_of
+
+    mbs, T, V = 2, 16, 128
+    cfg = parse_config(["--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4",
+                        "--seq-length", str(T), "--micro-batch-size", str(mbs),
+                        "--global-batch-size", str(2 * mbs), "--train-iters", "4",
+                        "--deepspeed_config", ds_config, "--hidden-dropout", "0",
+                        "--attention-dropout", "0", "--mock-data"] + (["--bf16"] if bf16 else []))
+    cfg = cfg.replace(model={"vocab_size": V})
+    layout = initialize_parallel(cfg.parallel)
+    torch.manual_seed(0)
+    engine = DeepSpeedTrainEngine(GPTModel(cfg.model), cfg, layout, 2 * mbs)
+    torch.manual_seed(0)
+    ref = GPTModel(cfg.model)
+    batches = []
+    for seed in (1, 2):
+        tokens = torch.randint(0, V, (mbs, T), generator=torch.Generator().manual_seed(seed))
+        batches.append(Batch(tokens, torch.roll(tokens, -1, 1), torch.ones(mbs, T),
+                             torch.arange(T).expand(mbs, T)))
+    micro = batches if world_size == 1 else [batches[rank]]
+    result = engine.train_step(micro, 2 * mbs, layer_grad_norms=True)
+    for b in batches:  # the reference: plain torch on the whole global batch
+        (ref.loss(ref(b.tokens, position_ids=b.position_ids), b.labels, b.loss_mask) / 2).backward()
+    sq = {}
+    for name, p in ref.named_parameters():
+        sq[block_of(name)] = sq.get(block_of(name), 0.0) + p.grad.pow(2).sum().item()
+    return result.layer_grad_norms, {k: v ** 0.5 for k, v in sq.items()}, result.grad_norm
+
+
+@pytest.mark.parametrize("world_size, ds_config, bf16, rel", [
+    (1, "ds_configs/zero1.json", False, 1e-5),
+    (2, "ds_configs/zero1.json", False, 1e-5),
+    (2, "ds_configs/zero0_bf16.json", True, 3e-2),  # DeepSpeed's BF16_Optimizer
+])
+def test_per_layer_grad_norms_equal_plain_torch(world_size, ds_config, bf16, rel):
+    ours, ref, total = run_on_ranks(_layer_grad_norms, world_size, (ds_config, bf16), 300)[0]
+    assert list(ours) == ["embedding", "layers.0", "layers.1", "head"]
+    for block, norm in ref.items():
+        assert ours[block] == pytest.approx(norm, rel=rel), block
+    # the blocks make up DeepSpeed's own global (pre-clipping) gradient norm
+    assert sum(v * v for v in ours.values()) ** 0.5 == pytest.approx(total, rel=rel)
