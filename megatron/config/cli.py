@@ -242,9 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
                "deviations (off by default).")
     t.add("--loss-spike-window", type=int, default=100,
           help="Steps in the running mean/std of the spike detector.")
-    t.add("--loss-spike-action", default="log", choices=["log", "stop"],
-          help="On a spike: log it, or stop without saving (restart from the last checkpoint "
-               "with --skip-train-iteration-range; the exit code is 3).")
+    t.add("--loss-spike-action", default="log", choices=["log", "skip", "stop"],
+          help="On a spike: log it; skip the batch (checked on the global batch's loss before "
+               "the update, which is dropped; PP 1); or stop without saving (restart from the "
+               "last checkpoint with --skip-train-iteration-range; the exit code is 3).")
     t.add("--kill-switch-path", default=None,
           help="If this file appears, save a checkpoint and exit (checked every step).")
     t.add("--deepspeed", action="store_true", default=True,

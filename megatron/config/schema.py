@@ -151,7 +151,7 @@ class TrainingConfig:
     skip_train_iteration_range: Optional[tuple] = None  # ("START-END", ...), inclusive
     loss_spike_threshold: Optional[float] = None  # standard deviations; None: off
     loss_spike_window: int = 100
-    loss_spike_action: str = "log"  # log|stop
+    loss_spike_action: str = "log"  # log|skip|stop
     deepspeed: bool = True
     deepspeed_config: Optional[str] = None
     zero_stage: Optional[int] = None

@@ -254,10 +254,18 @@ def check_prefix_lm(cfg: Config) -> None:
 
 
 def check_logging(cfg: Config) -> None:
-    if cfg.logging.log_per_layer_grad_norm and cfg.parallel.pipeline_model_parallel_size > 1:
+    """Options that act between the losses and the update: DeepSpeed's pipeline engine has no
+    such point (train_batch steps internally)."""
+    if cfg.parallel.pipeline_model_parallel_size == 1:
+        return
+    if cfg.logging.log_per_layer_grad_norm:
         raise ConfigError("--log-per-layer-grad-norm needs --pipeline-model-parallel-size 1 "
                           "(DeepSpeed's pipeline engine applies the step inside train_batch, "
                           "with no point to read the gradients)")
+    if cfg.training.loss_spike_action == "skip" and cfg.training.loss_spike_threshold:
+        raise ConfigError("--loss-spike-action skip needs --pipeline-model-parallel-size 1; "
+                          "with pipelines use --loss-spike-action stop and restart with "
+                          "--skip-train-iteration-range")
 
 
 def check_eval_harness(cfg: Config) -> None:

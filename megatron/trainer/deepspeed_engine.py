@@ -2,8 +2,7 @@
 gradient accumulation and clipping all come from `deepspeed.initialize`."""
 from __future__ import annotations
 
-import os
-from typing import Optional, Sequence
+from typing import Sequence
 
 import torch
 import torch.distributed as dist
@@ -89,6 +88,11 @@ class DeepSpeedTrainEngine(TrainEngine):
                              prefix_lengths=b.prefix_lengths, document_ids=b.document_ids)
         return self.model.loss(logits, b.labels, b.loss_mask)
 
+    def _global_mean(self, local_sum: torch.Tensor, micro_steps: int) -> float:
+        mean = local_sum.clone()
+        dist.all_reduce(mean, group=self.layout.dp_group)
+        return mean.item() / (micro_steps * self.layout.dp)
+
     def layer_grad_norms(self) -> dict:
         """{block: L2 norm} of the reduced (DP-averaged), unclipped gradients; call after the
         last backward of a step and before its optimizer step. Every TP shard counts once."""
@@ -110,7 +114,7 @@ class DeepSpeedTrainEngine(TrainEngine):
         return {n: v.sqrt().item() for n, v in zip(names, sq)}
 
     def train_step(self, micro_batches: Sequence[Batch], samples: int,
-                   layer_grad_norms: bool = False) -> StepResult:
+                   layer_grad_norms: bool = False, skip_if=None) -> StepResult:
         if len(micro_batches) != self.grad_accum:
             raise ValueError(f"got {len(micro_batches)} micro-batches, DeepSpeed expects "
                              f"{self.grad_accum} per step")
@@ -123,8 +127,12 @@ class DeepSpeedTrainEngine(TrainEngine):
             # when the accumulation steps change (batch-size rampup).
             self.engine.set_gradient_accumulation_boundary(last)
             loss = self._loss(mb)
-            self.engine.backward(loss)
             total += loss.detach().float()
+            if last and skip_if is not None and skip_if(self._global_mean(total, i + 1)):
+                # Drop the whole step through DeepSpeed's (and our fp32) non-finite-gradient
+                # skip, the path NaN steps take: every rank decided on the same global mean.
+                loss = loss * float("nan")
+            self.engine.backward(loss)
             if last and self._checks_finite_grads_itself and not self._grads_finite():
                 self.engine.zero_grad()
                 skipped = True

@@ -22,10 +22,11 @@ class TrainEngine(abc.ABC):
 
     @abc.abstractmethod
     def train_step(self, micro_batches: Sequence[Batch], samples: int,
-                   layer_grad_norms: bool = False) -> StepResult:
+                   layer_grad_norms: bool = False, skip_if=None) -> StepResult:
         """Forward/backward over one global batch's micro-batches, then one optimizer step;
         advance the LR schedule by `samples`. layer_grad_norms: also measure each block's
-        gradient norm (before clipping)."""
+        gradient norm (before clipping). skip_if(mean loss) -> True drops the step's update
+        (reported as skipped), decided on the global batch's loss before the optimizer step."""
 
     @abc.abstractmethod
     def skip_step(self, samples: int) -> None:

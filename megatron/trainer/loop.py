@@ -100,16 +100,24 @@ class Trainer:
                 continue
             logs_now = (p.iteration + 1) % cfg.logging.log_interval == 0 or \
                 p.iteration + 1 == self.total_iters
+            spikes_before_step = self.spikes and cfg.training.loss_spike_action == "skip"
+            found = []  # the spike the engine's pre-update check saw (--loss-spike-action skip)
             result = self.engine.train_step(
-                micro, gbs, layer_grad_norms=cfg.logging.log_per_layer_grad_norm and logs_now)
+                micro, gbs, layer_grad_norms=cfg.logging.log_per_layer_grad_norm and logs_now,
+                skip_if=(lambda loss: found.append(self.spikes.check(p.iteration + 1, loss))
+                         or found[-1] is not None) if spikes_before_step else None)
             dt = time.perf_counter() - t0
             p.advance(gbs, seq)
             self.batch_sizes.append(gbs)
             interval["samples"] += gbs
             interval["loss"] += result.loss
-            spike = self.spikes.check(p.iteration, result.loss) if self.spikes else None
+            if spikes_before_step:
+                spike = found[-1] if found else None
+            else:
+                spike = self.spikes.check(p.iteration, result.loss) if self.spikes else None
             if spike:
-                self.log(spike.describe())
+                self.log(spike.describe() + (" - batch skipped, no update"
+                                             if spikes_before_step else ""))
                 self.tb.scalars({"train/loss spike": result.loss}, p.iteration,
                                 p.consumed_samples, p.consumed_tokens)
                 if cfg.training.loss_spike_action == "stop":

@@ -56,8 +56,9 @@ class PipelineTrainEngine(DeepSpeedTrainEngine):
             yield (b.tokens, b.position_ids, *extra), (b.labels, b.loss_mask)
 
     def train_step(self, micro_batches: Sequence[Batch], samples: int,
-                   layer_grad_norms: bool = False) -> StepResult:
-        # layer_grad_norms: refused at start-up for PP > 1 (train_batch steps internally)
+                   layer_grad_norms: bool = False, skip_if=None) -> StepResult:
+        # layer_grad_norms and skip_if: refused at start-up for PP > 1 (train_batch steps
+        # internally, with no point between the losses and the update)
         if len(micro_batches) != self.grad_accum:
             raise ValueError(f"got {len(micro_batches)} micro-batches, DeepSpeed expects "
                              f"{self.grad_accum} per step")

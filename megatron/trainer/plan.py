@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass
-from typing import Optional
 
 from megatron.config.schema import ModelConfig
 

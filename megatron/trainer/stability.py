@@ -1,8 +1,9 @@
 """Loss-spike detection: a step whose loss is more than `threshold` standard deviations above
 the mean of the last `window` (non-spike) losses.
 
-What to do about a spike is the caller's choice (`--loss-spike-action`): log it and go on, or
-stop, so the run can be restarted from the last checkpoint with --skip-train-iteration-range
+What to do about a spike is the caller's choice (`--loss-spike-action`): log it and go on; skip
+the batch (the loop checks the global batch's loss before the update and the engine drops it);
+or stop, so the run can be restarted from the last checkpoint with --skip-train-iteration-range
 over the offending batches (what BLOOM-176B's operators did by hand).
 """
 from __future__ import annotations

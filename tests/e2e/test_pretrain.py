@@ -199,6 +199,20 @@ def test_loss_spike_stop_exits_with_code_3_and_names_the_iteration(tiny_data):
     assert "--skip-train-iteration-range covering iteration" in out.stdout
 
 
+def test_loss_spike_skip_drops_the_batch_and_training_goes_on(tiny_data):
+    """With LR 0 the loss only fluctuates, so a tiny threshold flags steps soon; each flagged
+    one is skipped (counted in its log line) and the run goes on to the end."""
+    out = pretrain(tiny_data, 2, "--micro-batch-size", "2", "--train-iters", "40", "--lr", "0",
+                   "--lr-warmup-iters", "0", "--loss-spike-threshold", "0.01",
+                   "--loss-spike-window", "10", "--loss-spike-action", "skip").stdout
+    flagged = re.findall(r"loss spike at iteration (\d+): .* - batch skipped, no update", out)
+    assert flagged, out[-3000:]
+    skipped = {int(i): int(n) for i, n in re.findall(r"iteration (\d+)/40 \|.* skipped (\d+) \|",
+                                                     out)}
+    assert sorted(skipped) == list(range(1, 41))
+    assert {i for i, n in skipped.items() if n} == {int(i) for i in flagged}
+
+
 def test_skip_train_iteration_range_reads_the_batches_without_updating(tiny_data):
     out = pretrain(tiny_data, 1, "--micro-batch-size", "2", "--global-batch-size", "4",
                    "--train-iters", "6", "--skip-train-iteration-range", "2-3").stdout

@@ -160,3 +160,46 @@ def test_per_layer_grad_norms_equal_plain_torch(world_size, ds_config, bf16, rel
         assert ours[block] == pytest.approx(norm, rel=rel), block
     # the blocks make up DeepSpeed's own global (pre-clipping) gradient norm
     assert sum(v * v for v in ours.values()) ** 0.5 == pytest.approx(total, rel=rel)
+
+
+def _skip_if(rank, world_size, zero_stage):
+    import torch
+
+    from megatron.config.cli import parse_config
+    from megatron.data.batch import Batch
+    from megatron.model.gpt import GPTModel
+    from megatron.parallel.layout import initialize_parallel
+    from megatron.trainer.deepspeed_engine import DeepSpeedTrainEngine
+
+    mbs, T, V = 2, 8, 128
+    cfg = parse_config(["--num-layers", "1", "--hidden-size", "32", "--num-attention-heads", "4",
+                        "--seq-length", str(T), "--micro-batch-size", str(mbs),
+                        "--global-batch-size", str(2 * mbs * world_size), "--train-iters", "9",
+                        "--zero-stage", str(zero_stage), "--mock-data"])
+    cfg = cfg.replace(model={"vocab_size": V})
+    layout = initialize_parallel(cfg.parallel)
+    torch.manual_seed(0)
+    model = GPTModel(cfg.model)
+    engine = DeepSpeedTrainEngine(model, cfg, layout, 2 * mbs * world_size)
+    tokens = torch.randint(0, V, (2, mbs, T), generator=torch.Generator().manual_seed(rank))
+    micro = [Batch(t, torch.roll(t, -1, 1), torch.ones(mbs, T), torch.arange(T).expand(mbs, T))
+             for t in tokens]
+    seen = []
+    engine.train_step(micro, 2 * mbs * world_size, skip_if=lambda loss: seen.append(loss))
+    before = [p.detach().clone() for p in model.parameters()]
+    dropped = engine.train_step(micro, 2 * mbs * world_size,
+                                skip_if=lambda loss: seen.append(loss) or True)
+    unchanged = all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    after = engine.train_step(micro, 2 * mbs * world_size)
+    moved = not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    return seen, dropped.loss, dropped.skipped, unchanged, after.skipped, moved
+
+
+@pytest.mark.parametrize("zero_stage", [0, 1])
+def test_skip_if_drops_the_update_on_every_rank(zero_stage):
+    """--loss-spike-action skip's engine half: skip_if sees the global batch's mean loss (the
+    loss the step reports) and True drops the update on every rank; training goes on."""
+    for seen, loss, skipped, unchanged, next_skipped, moved in run_on_ranks(
+            _skip_if, 2, args=(zero_stage,), timeout=300):
+        assert seen[1] == pytest.approx(loss, rel=1e-6)
+        assert skipped and unchanged and not next_skipped and moved
