@@ -42,6 +42,8 @@ def resume(engine, cfg, layout) -> ckpt.Progress:
         print_rank0(layout, f"--load {c.load}: no checkpoint yet, starting from scratch")
         return ckpt.Progress()
     ckpt.check_compatible(c.load, tag, cfg)
+    ckpt.check_same_layout(c.load, tag, layout.tp, layout.pp,
+                           None if c.no_load_optim else layout.dp)
     state = engine.load(c.load, tag, load_optimizer=not c.no_load_optim,
                         load_rng=not c.no_load_rng)
     if not c.no_load_rng:

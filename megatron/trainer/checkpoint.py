@@ -132,6 +132,33 @@ def check_compatible(load_dir: str, tag: str, cfg: Config, ignore: tuple = ()) -
     check_same_model({"config": saved}, cfg, load_dir, ignore)
 
 
+LAYOUT_FILE = "layout.json"
+
+
+def check_same_layout(load_dir: str, tag: str, tp: int, pp: int, dp: Optional[int]) -> None:
+    """Refuse a checkpoint saved at other TP/PP/DP sizes (DeepSpeed's files hold one layout's
+    shards and ZeRO partitions), saying how to resume on this one. dp None: any DP (weights
+    only, --no-load-optim)."""
+    path = os.path.join(load_dir, tag, LAYOUT_FILE)
+    if not os.path.isfile(path):  # written since layout checks exist; older: TP/PP from config
+        with open(os.path.join(load_dir, tag, "config.json")) as f:
+            par = json.load(f).get("parallel", {})
+        saved = {"tp": par.get("tensor_model_parallel_size", tp),
+                 "pp": par.get("pipeline_model_parallel_size", pp), "dp": dp}
+    else:
+        with open(path) as f:
+            saved = json.load(f)
+    if dp is None:
+        dp = saved["dp"]
+    if (saved["tp"], saved["pp"], saved["dp"]) != (tp, pp, dp):
+        world = saved["tp"] * saved["pp"] * saved["dp"]
+        raise CheckpointError(
+            f"--load {load_dir}: {tag} was saved at TP {saved['tp']} x PP {saved['pp']} x DP "
+            f"{saved['dp']}, this run is TP {tp} x PP {pp} x DP {dp}. To resume on this layout: "
+            f"torchrun --nproc-per-node {world} tools/checkpoint_to_universal.py --load "
+            f"{load_dir} --save <dir>, then --universal-checkpoint --load <dir>")
+
+
 def save_checkpoint(engine, cfg: Config, progress: Progress, directory: str,
                     is_rank0: bool) -> str:
     """Write directory/<tag> so that a kill at any moment leaves the previous checkpoint
@@ -150,6 +177,9 @@ def save_checkpoint(engine, cfg: Config, progress: Progress, directory: str,
     dist.barrier()
     if is_rank0:
         write_config_json(cfg, directory, tag + ".tmp")
+        lay = engine.layout
+        with open(os.path.join(tmp, LAYOUT_FILE), "w") as f:
+            json.dump({"tp": lay.tp, "pp": lay.pp, "dp": lay.dp}, f)
         if os.path.isdir(final):  # the same step saved before (e.g. a rerun after a crash)
             shutil.rmtree(final)
         os.replace(tmp, final)

@@ -53,3 +53,15 @@ def test_missing_or_corrupt_config(tmp_path):
     (tmp_path / "global_step1" / "config.json").write_text("{truncated")
     with pytest.raises(CheckpointError, match="config.json is corrupt"):
         check_compatible(str(tmp_path), "global_step1", _cfg())
+
+
+def test_other_layout_is_refused_with_the_way_to_resume(tmp_path):
+    from megatron.trainer.checkpoint import check_same_layout
+    write_config_json(_cfg(), str(tmp_path), "global_step1")
+    (tmp_path / "global_step1" / "layout.json").write_text('{"tp": 2, "pp": 2, "dp": 2}')
+    check_same_layout(str(tmp_path), "global_step1", 2, 2, 2)
+    with pytest.raises(CheckpointError) as e:
+        check_same_layout(str(tmp_path), "global_step1", 1, 2, 2)
+    assert "saved at TP 2 x PP 2 x DP 2, this run is TP 1 x PP 2 x DP 2" in str(e.value)
+    assert "torchrun --nproc-per-node 8 tools/checkpoint_to_universal.py" in str(e.value)
+    check_same_layout(str(tmp_path), "global_step1", 2, 2, None)  # weights only: any DP
