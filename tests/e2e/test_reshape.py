@@ -54,3 +54,34 @@ def test_wrong_process_count_or_plain_checkpoint_are_clear_errors(tiny_data, ori
                      check=False)
     assert plain.returncode != 0
     assert f"--universal-checkpoint --load {ck}: no universal checkpoint there" in plain.stderr
+
+
+@pytest.fixture(scope="module")
+def original_3d(tiny_data, tmp_path_factory):
+    """The same at TP 2 x PP 2 x DP 2 (8 processes), made universal on 8 processes."""
+    d = tmp_path_factory.mktemp("reshape3d")
+    out = pretrain(tiny_data, 8, *FLAGS, "--tensor-model-parallel-size", "2",
+                   "--pipeline-model-parallel-size", "2", "--save", str(d / "ck"),
+                   "--save-interval", "4").stdout
+    assert "layout TP2 x PP2 x DP2 = 8 ranks" in out
+    run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=8",
+         "tools/checkpoint_to_universal.py", "--load", str(d / "ck"), "--tag", "global_step4",
+         "--save", str(d / "uni")])
+    return losses(out), d / "uni"
+
+
+@pytest.mark.parametrize("layout, name", [
+    (("--tensor-model-parallel-size", "4"), "TP4 x PP1 x DP2"),
+    (("--pipeline-model-parallel-size", "2"), "TP1 x PP2 x DP4"),
+])
+def test_3d_checkpoint_resumes_at_tp4_dp2_and_pp2_dp4(tiny_data, original_3d, layout, name):
+    """Issue 9's reshape on 8 CPU ranks: saved at TP2 x PP2 x DP2, resumed at 8 ranks on two
+    other layouts; the following losses continue the curve."""
+    curve, uni = original_3d
+    out = pretrain(tiny_data, 8, *FLAGS, *layout, "--universal-checkpoint", "--load",
+                   str(uni)).stdout
+    assert f"layout {name} = 8 ranks" in out
+    after = losses(out)
+    assert sorted(after) == [5, 6, 7, 8]
+    for i in after:
+        assert after[i] == pytest.approx(curve[i], rel=2e-4), (i, after, curve)
