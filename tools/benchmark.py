@@ -7,7 +7,8 @@
 Runs warm-up steps, then `--steps` timed steps through the full training path (DeepSpeed
 engine, bf16 with fp32 master weights on GPUs, data loader, logging), and prints tokens/s,
 TFLOP/s per GPU, MFU against both the datasheet peak and a bf16 8192^3 matmul measured in the
-same run, and peak memory. Flags after `--` go to pretrain_gpt.py and override the preset.
+same run, and peak memory (with --time-split, also the ms per step in data loading, forward,
+backward and optimizer). Flags after `--` go to pretrain_gpt.py and override the preset.
 """
 from __future__ import annotations
 
@@ -101,6 +102,10 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=10, help="Untimed steps before them.")
     p.add_argument("--data-dir", type=Path, default=Path("/tmp/gpt3d-bench"))
     p.add_argument("--json", type=Path, default=None, help="Also write the results here.")
+    p.add_argument("--time-split", action="store_true",
+                   help="Also report ms per step in data, forward, backward and optimizer "
+                        "(--log-timers-to-tensorboard: synchronises each phase on GPUs, so "
+                        "compare tokens/s only between runs without it).")
     args = p.parse_args(argv)
 
     import torch
@@ -116,6 +121,8 @@ def main(argv=None) -> int:
         "--data-path", str(prefix), "--split", "98,1,1", "--tokenizer-type", "NullTokenizer",
         "--vocab-size", str(VOCAB), "--eval-interval", str(10 * iters), "--eval-iters", "1",
         "--seed", "1234"]
+    if args.time_split:
+        flags.append("--log-timers-to-tensorboard")
     if on_gpu:
         flags += ["--bf16", "--deepspeed_config", "ds_configs/zero1_bf16.json"]
     else:
@@ -143,6 +150,10 @@ def main(argv=None) -> int:
               "losses": {h["iteration"]: h["loss"] for h in steps}, "flags": flags + extra}
     if peak and on_gpu:
         result["mfu_measured_peak_pct"] = 100 * tflops / peak
+    phases = sorted({k for h in timed for k in h if k.endswith(" ms") and k != "step ms"})
+    if phases:
+        result["split_ms"] = {k[:-3]: sum(h.get(k, 0.0) for h in timed) / len(timed)
+                              for k in phases}
     print("BENCHMARK " + json.dumps({k: v for k, v in result.items()
                                      if k not in ("flags", "losses")}))
     if args.json:

@@ -301,7 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add("--tensorboard-queue-size", type=int, default=1000,
            help="Accepted for compatibility (TensorBoard writer queue); no effect on training.")
     lg.add("--log-timers-to-tensorboard", action="store_true",
-           help="Accepted for compatibility; step time is always logged.")
+           help="Split each logged step's time into data, forward, backward and optimizer "
+                "(pipeline: one 'pipeline step') in the log line and TensorBoard; on GPUs each "
+                "phase synchronises, so steps get slightly slower.")
     lg.add("--log-batch-size-to-tensorboard", action="store_true",
            help="Accepted for compatibility; the global batch size is always logged.")
     lg.add("--log-validation-ppl-to-tensorboard", action="store_true",

@@ -126,20 +126,23 @@ class DeepSpeedTrainEngine(TrainEngine):
             # Say where the boundary is: DeepSpeed's own count of micro-steps goes out of phase
             # when the accumulation steps change (batch-size rampup).
             self.engine.set_gradient_accumulation_boundary(last)
-            loss = self._loss(mb)
+            with self.timer("forward"):
+                loss = self._loss(mb)
             total += loss.detach().float()
             if last and skip_if is not None and skip_if(self._global_mean(total, i + 1)):
                 # Drop the whole step through DeepSpeed's (and our fp32) non-finite-gradient
                 # skip, the path NaN steps take: every rank decided on the same global mean.
                 loss = loss * float("nan")
-            self.engine.backward(loss)
+            with self.timer("backward"):
+                self.engine.backward(loss)
             if last and self._checks_finite_grads_itself and not self._grads_finite():
                 self.engine.zero_grad()
                 skipped = True
                 break
             if last and layer_grad_norms:
                 norms = self.layer_grad_norms()
-            self.engine.step()  # applies the update only at the accumulation boundary
+            with self.timer("optimizer" if last else "backward"):
+                self.engine.step()  # applies the update only at the accumulation boundary
         mean_loss = total / len(micro_batches)
         dist.all_reduce(mean_loss, group=self.layout.dp_group)
         mean_loss /= self.layout.dp

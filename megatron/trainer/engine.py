@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from megatron.data.batch import Batch
+from megatron.trainer.timers import NullTimer
 
 
 @dataclass
@@ -19,6 +20,10 @@ class StepResult:
 
 class TrainEngine(abc.ABC):
     """Owns model, optimizer, precision and parallel communication for training."""
+
+    # Times the phases of a step (megatron/trainer/timers.py); PhaseTimer with
+    # --log-timers-to-tensorboard, a no-op otherwise.
+    timer = NullTimer()
 
     @abc.abstractmethod
     def train_step(self, micro_batches: Sequence[Batch], samples: int,

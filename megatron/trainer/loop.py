@@ -50,6 +50,9 @@ class Trainer:
         self.harness, self.last_harness = harness, None
         self.calc, self.total_iters, self.progress = batch_calculator, total_iters, progress
         self.tb = TensorBoard(cfg.logging.tensorboard_dir, layout.rank == 0)
+        if cfg.logging.log_timers_to_tensorboard:
+            from megatron.trainer.timers import PhaseTimer
+            engine.timer = PhaseTimer(sync=layout.device.type == "cuda")
         self.flops_per_token = flops_per_token(cfg.model)
         self.peak = peak_flops(layout.device)
         self.history: list[dict] = []  # one entry per logged interval, for callers and tests
@@ -90,8 +93,10 @@ class Trainer:
             gbs = batch_size_at(self.calc, p.consumed_samples)
             self.engine.set_global_batch_size(gbs)
             accum = gbs // (cfg.training.micro_batch_size * self.layout.dp)
-            micro = [make_batch(next(train_iter), self.data.eod, cfg.data.reset_attention_mask,
-                                **self._prefix_lm_options()) for _ in range(accum)]
+            with self.engine.timer("data"):
+                micro = [make_batch(next(train_iter), self.data.eod,
+                                    cfg.data.reset_attention_mask, **self._prefix_lm_options())
+                         for _ in range(accum)]
             if any(a <= p.iteration + 1 <= b for a, b in self.skip_ranges):
                 self.engine.skip_step(gbs)
                 p.advance(gbs, seq)
@@ -172,6 +177,8 @@ class Trainer:
             "params norm": self.engine.param_norm() if self.cfg.logging.log_params_norm
             else None,
         }
+        for phase, seconds in self.engine.timer.pop().items():  # --log-timers-to-tensorboard
+            values[f"{phase} ms"] = 1000 * seconds / steps
         layers = result.layer_grad_norms or {}
         if layers:
             worst = max(layers, key=layers.get)

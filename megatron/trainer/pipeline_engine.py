@@ -62,7 +62,8 @@ class PipelineTrainEngine(DeepSpeedTrainEngine):
         if len(micro_batches) != self.grad_accum:
             raise ValueError(f"got {len(micro_batches)} micro-batches, DeepSpeed expects "
                              f"{self.grad_accum} per step")
-        loss = self.engine.train_batch(self._samples(micro_batches))  # mean over DP, all stages
+        with self.timer("pipeline step"):  # forward, backward and optimizer interleaved
+            loss = self.engine.train_batch(self._samples(micro_batches))  # DP mean, all stages
         skipped = bool(getattr(self.engine, "was_step_applied", lambda: True)() is False)
         if not skipped:
             self.scheduler.step(samples)
