@@ -145,11 +145,15 @@ def _prepare_optimizer_states(ds_optimizer, step: int) -> None:
     parameters' fragments, so they can be set before the first step."""
     base = _base_optimizer(ds_optimizer)
     for group in base.param_groups:
+        # torch's Adam keeps `step` on the parameters' device for fused/capturable kernels
+        # (which refuse a CPU one), on the CPU otherwise
+        on_device = group.get("fused") or group.get("capturable")
         for flat in group["params"]:
             state = base.state[flat]
             for key in ("exp_avg", "exp_avg_sq"):
                 state.setdefault(key, torch.zeros_like(flat, memory_format=torch.preserve_format))
-            state["step"] = torch.tensor(float(step))
+            state["step"] = torch.tensor(float(step), dtype=torch.float32,
+                                         device=flat.device if on_device else "cpu")
     link_optimizer_states(ds_optimizer)
 
 
