@@ -221,7 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add("--eval-iters", type=int, default=10, help="Batches per validation.")
     t.add("--eval-harness-tasks", default=None,
           help="lm-evaluation-harness tasks (comma-separated) to run on the model being "
-               "trained, logged and written to TensorBoard (PP 1).")
+               "trained, logged and written to TensorBoard (PP 1). Other data-parallel "
+               "replicas wait meanwhile: keep --distributed-timeout-minutes above a run's "
+               "duration.")
     t.add("--eval-harness-interval", type=int, default=None,
           help="Steps between --eval-harness-tasks runs (default: --eval-interval); also run "
                "at the end of training.")
