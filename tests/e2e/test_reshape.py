@@ -14,18 +14,23 @@ FLAGS = ("--micro-batch-size", "2", "--global-batch-size", "8", "--train-iters",
          "--lr-warmup-iters", "2", "--eval-interval", "1000", "--eval-iters", "1")
 
 
-@pytest.fixture(scope="module")
-def original(tiny_data, tmp_path_factory):
-    """8 steps at TP 2 x PP 2 saving at step 4, and step 4 made universal on 4 processes."""
-    d = tmp_path_factory.mktemp("reshape")
-    out = pretrain(tiny_data, 4, *FLAGS, "--tensor-model-parallel-size", "2",
+def _train_and_convert(tiny_data, d, nproc):
+    """8 steps at TP 2 x PP 2 (x DP nproc / 4) saving at step 4, and step 4 made universal on
+    the same number of processes: (the run's losses, the universal checkpoint)."""
+    out = pretrain(tiny_data, nproc, *FLAGS, "--tensor-model-parallel-size", "2",
                    "--pipeline-model-parallel-size", "2", "--save", str(d / "ck"),
                    "--save-interval", "4").stdout
+    assert f"layout TP2 x PP2 x DP{nproc // 4} = {nproc} ranks" in out
     conv = run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                "--nproc-per-node=4", "tools/checkpoint_to_universal.py", "--load",
+                f"--nproc-per-node={nproc}", "tools/checkpoint_to_universal.py", "--load",
                 str(d / "ck"), "--tag", "global_step4", "--save", str(d / "uni")]).stdout
     assert "iteration 4, Adam step 4" in conv, conv[-2000:]
     return losses(out), d / "uni"
+
+
+@pytest.fixture(scope="module")
+def original(tiny_data, tmp_path_factory):
+    return _train_and_convert(tiny_data, tmp_path_factory.mktemp("reshape"), 4)
 
 
 @pytest.mark.parametrize("nproc, layout", [(1, ()), (2, ("--pipeline-model-parallel-size",
@@ -58,16 +63,7 @@ def test_wrong_process_count_or_plain_checkpoint_are_clear_errors(tiny_data, ori
 
 @pytest.fixture(scope="module")
 def original_3d(tiny_data, tmp_path_factory):
-    """The same at TP 2 x PP 2 x DP 2 (8 processes), made universal on 8 processes."""
-    d = tmp_path_factory.mktemp("reshape3d")
-    out = pretrain(tiny_data, 8, *FLAGS, "--tensor-model-parallel-size", "2",
-                   "--pipeline-model-parallel-size", "2", "--save", str(d / "ck"),
-                   "--save-interval", "4").stdout
-    assert "layout TP2 x PP2 x DP2 = 8 ranks" in out
-    run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=8",
-         "tools/checkpoint_to_universal.py", "--load", str(d / "ck"), "--tag", "global_step4",
-         "--save", str(d / "uni")])
-    return losses(out), d / "uni"
+    return _train_and_convert(tiny_data, tmp_path_factory.mktemp("reshape3d"), 8)
 
 
 @pytest.mark.parametrize("layout, name", [

@@ -67,11 +67,11 @@ def test_engine_updates_equal_plain_torch_with_changing_accumulation(zero_stage)
     assert max_diff < 1e-5
 
 
-def _nan_step_is_skipped(rank, world_size, zero_stage):
+def _tiny_engine(world_size, zero_stage):
+    """(engine, model) of a 1-layer GPT, 2 micro-batches of 2 x 8 tokens per DP rank a step."""
     import torch
 
     from megatron.config.cli import parse_config
-    from megatron.data.batch import Batch
     from megatron.model.gpt import GPTModel
     from megatron.parallel.layout import initialize_parallel
     from megatron.trainer.deepspeed_engine import DeepSpeedTrainEngine
@@ -86,6 +86,16 @@ def _nan_step_is_skipped(rank, world_size, zero_stage):
     torch.manual_seed(0)
     model = GPTModel(cfg.model)
     engine = DeepSpeedTrainEngine(model, cfg, layout, 2 * mbs * world_size)
+    return engine, model
+
+
+def _nan_step_is_skipped(rank, world_size, zero_stage):
+    import torch
+
+    from megatron.data.batch import Batch
+
+    mbs, T, V = 2, 8, 128
+    engine, model = _tiny_engine(world_size, zero_stage)
     tokens = torch.randint(0, V, (mbs, T), generator=torch.Generator().manual_seed(rank))
     good = Batch(tokens, torch.roll(tokens, -1, 1), torch.ones(mbs, T), torch.arange(T)
                  .expand(mbs, T))
@@ -165,22 +175,10 @@ def test_per_layer_grad_norms_equal_plain_torch(world_size, ds_config, bf16, rel
 def _skip_if(rank, world_size, zero_stage):
     import torch
 
-    from megatron.config.cli import parse_config
     from megatron.data.batch import Batch
-    from megatron.model.gpt import GPTModel
-    from megatron.parallel.layout import initialize_parallel
-    from megatron.trainer.deepspeed_engine import DeepSpeedTrainEngine
 
     mbs, T, V = 2, 8, 128
-    cfg = parse_config(["--num-layers", "1", "--hidden-size", "32", "--num-attention-heads", "4",
-                        "--seq-length", str(T), "--micro-batch-size", str(mbs),
-                        "--global-batch-size", str(2 * mbs * world_size), "--train-iters", "9",
-                        "--zero-stage", str(zero_stage), "--mock-data"])
-    cfg = cfg.replace(model={"vocab_size": V})
-    layout = initialize_parallel(cfg.parallel)
-    torch.manual_seed(0)
-    model = GPTModel(cfg.model)
-    engine = DeepSpeedTrainEngine(model, cfg, layout, 2 * mbs * world_size)
+    engine, model = _tiny_engine(world_size, zero_stage)
     tokens = torch.randint(0, V, (2, mbs, T), generator=torch.Generator().manual_seed(rank))
     micro = [Batch(t, torch.roll(t, -1, 1), torch.ones(mbs, T), torch.arange(T).expand(mbs, T))
              for t in tokens]
