@@ -39,7 +39,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import argparse  # noqa: E402
 import csv  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
@@ -47,6 +46,7 @@ import os  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
 
+from megatron.config.tool_args import tool_parser  # noqa: E402
 from megatron.eval.ablation import (bpb_from_loss, load_grid, parse_log, plan_grid,  # noqa: E402
                                     tokens_per_byte, write_sbatch)
 
@@ -60,9 +60,7 @@ COLUMNS = ["run", "variant", "status", "flags", "budget", "budget_kind", "n_para
 def parse_args(argv):
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[:argv.index("--")] if "--" in argv else argv
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
+    p = tool_parser(__doc__)
     p.add_argument("--output", required=True, type=Path, help="output directory")
     p.add_argument("--grid", help="JSON/YAML: {base: [...], variants: {name: [...]}, "
                    "vary: [FLAG=v1,v2], budget: {flops|tokens|gpu_hours: X} or a list}")

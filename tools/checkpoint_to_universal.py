@@ -15,13 +15,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import argparse  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
-import warnings  # noqa: E402
 
-warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex are not installed.*")
-
+from megatron.config.tool_args import tool_parser  # noqa: E402  (first: quiets megatron-core)
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
@@ -34,9 +31,7 @@ from megatron.trainer.build_engine import build_engine  # noqa: E402
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n", 2)[2])
+    p = tool_parser(__doc__)
     p.add_argument("--load", required=True, help="checkpoint directory (pretrain_gpt.py --save)")
     p.add_argument("--tag", default=None, help="tag to convert (default: --load/latest)")
     p.add_argument("--save", required=True, help="directory for the universal checkpoint")

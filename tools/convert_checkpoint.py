@@ -13,20 +13,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import argparse  # noqa: E402
-import warnings  # noqa: E402
 
-warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex are not installed.*")
-
+from megatron.config.tool_args import tool_parser  # noqa: E402  (first: quiets megatron-core)
 from megatron.eval import checkpoint_loader as ckl  # noqa: E402
 from megatron.eval.runner import init_eval_parallel  # noqa: E402
 from megatron.parallel.layout import destroy_parallel  # noqa: E402
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n", 2)[2])
+    p = tool_parser(__doc__)
     p.add_argument("--load", required=True, help="checkpoint directory to read")
     p.add_argument("--tag", default=None, help="tag to read (default: the one in --load/latest)")
     p.add_argument("--save", required=True, help="directory to write")

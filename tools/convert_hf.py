@@ -14,11 +14,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import argparse  # noqa: E402
 import os  # noqa: E402
-import warnings  # noqa: E402
 
-warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex are not installed.*")
+from megatron.config.tool_args import tool_parser  # noqa: E402  (first: quiets megatron-core)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
@@ -31,9 +29,7 @@ from megatron.parallel.layout import destroy_parallel  # noqa: E402
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n", 2)[2])
+    p = tool_parser(__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     e = sub.add_parser("export", help="our checkpoint -> HF directory")
     e.add_argument("--load", required=True)

@@ -13,19 +13,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import argparse  # noqa: E402
 import os  # noqa: E402
-import warnings  # noqa: E402
 
-warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex are not installed.*")
-
+from megatron.config.tool_args import tool_parser  # noqa: E402  (first: quiets megatron-core)
 from megatron.data.indexed_io import existing_outputs, merge_datasets  # noqa: E402
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n", 2)[2])
+    p = tool_parser(__doc__)
     p.add_argument("--input", nargs="+", required=True,
                    help="directories of datasets and/or dataset prefixes (without .bin/.idx)")
     p.add_argument("--output-prefix", required=True, help="writes PREFIX.bin and PREFIX.idx")

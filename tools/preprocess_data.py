@@ -20,7 +20,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import glob  # noqa: E402
 import gzip  # noqa: E402
@@ -29,13 +28,11 @@ import json  # noqa: E402
 import multiprocessing  # noqa: E402
 import os  # noqa: E402
 import time  # noqa: E402
-import warnings  # noqa: E402
 
 import numpy  # noqa: E402
 
 # megatron-core's package import warns about optional GPU libraries; irrelevant here.
-warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex are not installed.*")
-
+from megatron.config.tool_args import tool_parser  # noqa: E402  (first: quiets megatron-core)
 from megatron.data.indexed_io import (  # noqa: E402
     AtomicDatasetWriter,
     dtype_for_vocab,
@@ -50,9 +47,7 @@ OK, BAD, FATAL = 0, 1, 2
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n", 2)[2])
+    p = tool_parser(__doc__)
     g = p.add_argument_group("input")
     g.add_argument("--input", nargs="+", required=True,
                    help="files, globs (quote them) or save_to_disk directories")

@@ -26,13 +26,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import argparse  # noqa: E402
 import csv  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from megatron.config.tool_args import tool_parser  # noqa: E402
 from megatron.eval.scaling import (CHINCHILLA, fit_joint, fit_power,  # noqa: E402
                                    synthetic_runs)
 
@@ -63,9 +63,7 @@ def _ci(ci, key):
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
+    p = tool_parser(__doc__)
     p.add_argument("--input", action="append", default=[], help="CSV of runs (repeatable)")
     p.add_argument("--synthetic", choices=["chinchilla"], default=None,
                    help="fit points drawn from Chinchilla's published law instead of --input")

@@ -14,21 +14,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import argparse  # noqa: E402
 import json  # noqa: E402
-import warnings  # noqa: E402
 
-warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex are not installed.*")
-
+from megatron.config.tool_args import tool_parser  # noqa: E402  (first: quiets megatron-core)
 from megatron.eval.runner import ModelRunner, drive, init_eval_parallel  # noqa: E402
 from megatron.eval.tokenizer import add_tokenizer_flags, tokenizer_from_args  # noqa: E402
 from megatron.parallel.layout import destroy_parallel  # noqa: E402
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n", 2)[2])
+    p = tool_parser(__doc__)
     p.add_argument("--load", required=True, help="checkpoint directory")
     p.add_argument("--tag", default=None)
     p.add_argument("--tasks", required=True, help="comma-separated task (or group) names")
