@@ -213,12 +213,9 @@ def check_data(cfg: Config) -> None:
             raise ConfigError("--data-path and the --*-weighted-split-paths flags are two ways to "
                               "give the data (BigScience's Mode 1 and Mode 2); use one")
         try:
-            groups = {s: ws.groups_for(d, s) for s in ws.SPLITS}
+            groups = ws.all_groups(d)
         except ws.WeightedSplitError as e:
             raise ConfigError(str(e)) from e
-        if not groups["train"]:
-            raise ConfigError("--valid/--test-weighted-split-paths need "
-                              "--train-weighted-split-paths(-path) too")
         sources = [(f"--{s}-weighted-split-paths group {g.name!r}", p.prefix)
                    for s in ws.SPLITS for g in groups[s] for p in g.parts]
     elif not d.data_path:

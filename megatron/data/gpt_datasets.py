@@ -101,10 +101,7 @@ def build_datasets(data: DataConfig, tokenizer, seq_length: int, seed: int, size
     if not ws.uses_weighted_splits(data):
         train, valid, test = build_gpt_datasets(data, tokenizer, seq_length, seed, sizes)
         return train, [("", valid)] if valid else [], [("", test)] if test else []
-    groups = {s: ws.groups_for(data, s) for s in ws.SPLITS}
-    if not groups["train"]:
-        raise ws.WeightedSplitError("--valid/--test-weighted-split-paths need "
-                                    "--train-weighted-split-paths(-path) too")
+    groups = ws.all_groups(data)
     for prefix in ws.prefixes(sum(groups.values(), [])):
         check_indexed_dataset(prefix)
     config = _dataset_config(data, tokenizer, seq_length, seed, blend_per_split=[

@@ -99,6 +99,15 @@ def groups_for(data, split: str) -> list[Group]:
     return groups
 
 
+def all_groups(data) -> dict[str, list[Group]]:
+    """{"train": [one group], "valid": [...], "test": [...]}, parsed and checked."""
+    groups = {s: groups_for(data, s) for s in SPLITS}
+    if not groups["train"]:
+        raise WeightedSplitError("--valid/--test-weighted-split-paths need "
+                                 "--train-weighted-split-paths(-path) too")
+    return groups
+
+
 def uses_weighted_splits(data) -> bool:
     return any(getattr(data, f"{s}_weighted_split_paths{x}") for s in SPLITS for x in ("", "_path"))
 
