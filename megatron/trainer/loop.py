@@ -103,14 +103,16 @@ class Trainer:
                 self.log(f"iteration {p.iteration} skipped (--skip-train-iteration-range): "
                          f"its {gbs} samples were read, no update")
                 continue
-            logs_now = (p.iteration + 1) % cfg.logging.log_interval == 0 or \
-                p.iteration + 1 == self.total_iters
             spikes_before_step = self.spikes and cfg.training.loss_spike_action == "skip"
             found = []  # the spike the engine's pre-update check saw (--loss-spike-action skip)
+
+            def spike_before_update(loss: float) -> bool:
+                found.append(self.spikes.check(p.iteration + 1, loss))
+                return found[-1] is not None
             result = self.engine.train_step(
-                micro, gbs, layer_grad_norms=cfg.logging.log_per_layer_grad_norm and logs_now,
-                skip_if=(lambda loss: found.append(self.spikes.check(p.iteration + 1, loss))
-                         or found[-1] is not None) if spikes_before_step else None)
+                micro, gbs, layer_grad_norms=cfg.logging.log_per_layer_grad_norm and
+                self._logs_at(p.iteration + 1),
+                skip_if=spike_before_update if spikes_before_step else None)
             dt = time.perf_counter() - t0
             p.advance(gbs, seq)
             self.batch_sizes.append(gbs)
@@ -133,7 +135,7 @@ class Trainer:
             interval["steps"] += 1
             interval["skipped"] += int(result.skipped)
             interval["time"] += dt
-            if p.iteration % cfg.logging.log_interval == 0 or p.iteration == self.total_iters:
+            if self._logs_at(p.iteration):
                 self._log_interval(interval, result, gbs)
                 interval = _new_interval()
             if cfg.training.eval_interval and p.iteration % cfg.training.eval_interval == 0:
@@ -161,6 +163,9 @@ class Trainer:
             self.save()
         self.evaluate("test")
         return p
+
+    def _logs_at(self, iteration: int) -> bool:
+        return iteration % self.cfg.logging.log_interval == 0 or iteration == self.total_iters
 
     def _log_interval(self, interval: dict, result, gbs: int) -> None:
         p, steps = self.progress, interval["steps"]
