@@ -30,7 +30,6 @@ import re
 from typing import Optional
 
 import torch
-import torch.distributed as dist
 
 STATE_KEYS = ("fp32", "exp_avg", "exp_avg_sq")
 VOCAB_ROWS = ("embedding.word_embeddings.weight", "head.output_layer.weight")
@@ -213,8 +212,3 @@ def find_universal_tag(directory: str, tag: Optional[str]) -> str:
         raise FileNotFoundError(f"--universal-checkpoint --load {directory}: no universal "
                                 f"checkpoint there (tools/checkpoint_to_universal.py writes one)")
     return tag
-
-
-def barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
