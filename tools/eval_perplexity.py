@@ -2,11 +2,13 @@
 
     python tools/eval_perplexity.py --load ckpt --input valid.jsonl [--json-key text] [--stride 256]
     torchrun --nproc-per-node 2 tools/eval_perplexity.py --load ckpt --input data/x_text_document
+    torchrun --nproc-per-node 2 tools/eval_perplexity.py --load ckpt --input valid.jsonl --pipeline-model-parallel-size 2
 
 Documents are scored separately (EOD prepended), with sliding windows of the model's seq_length
 advancing by --stride tokens (default: seq_length, disjoint windows). BPB counts the UTF-8
 bytes of the texts; for an indexed dataset (--input PREFIX of PREFIX.bin/.idx) the bytes are
-those of the detokenized documents. Under torchrun the model runs tensor-parallel over all ranks.
+those of the detokenized documents. Under torchrun the model runs over all ranks: TP x PP =
+world size (default TP = world size, PP = 1).
 Prints (and with --results-path writes) a JSON line.
 """
 import sys
@@ -18,7 +20,8 @@ import json  # noqa: E402
 import os  # noqa: E402
 
 from megatron.config.tool_args import tool_parser  # noqa: E402  (first: quiets megatron-core)
-from megatron.eval.runner import ModelRunner, drive, init_eval_parallel  # noqa: E402
+from megatron.eval.runner import (ModelRunner, add_parallel_flags, drive,  # noqa: E402
+                                  init_eval_parallel)
 from megatron.eval.text_perplexity import (indexed_documents, read_texts, text_perplexity,  # noqa: E402
                                            token_perplexity)
 from megatron.eval.tokenizer import add_tokenizer_flags, tokenizer_from_args  # noqa: E402
@@ -36,6 +39,7 @@ def parse_args(argv=None):
     p.add_argument("--max-documents", type=int, default=None)
     p.add_argument("--results-path", default=None)
     add_tokenizer_flags(p)
+    add_parallel_flags(p)
     return p.parse_args(argv)
 
 
@@ -43,7 +47,8 @@ def main(argv=None):
     args = parse_args(argv)
     if not os.path.isfile(args.input) and not os.path.isfile(args.input + ".idx"):
         raise SystemExit(f"--input {args.input}: no such file or indexed dataset (PREFIX.bin/.idx)")
-    layout = init_eval_parallel()
+    layout = init_eval_parallel(args.tensor_model_parallel_size,
+                                args.pipeline_model_parallel_size)
     try:
         runner = ModelRunner.from_checkpoint(args.load, layout, args.tag)
         tok = tokenizer_from_args(runner.cfg, args)

@@ -3,6 +3,7 @@
     python tools/generate.py --load ckpt --prompt "def main(" --max-new-tokens 50
     python tools/generate.py --load ckpt --prompt-file prompts.txt --temperature 0.8 --top-p 0.9 --seed 1
     torchrun --nproc-per-node 2 tools/generate.py --load ckpt --prompt "..."      # tensor-parallel
+    torchrun --nproc-per-node 2 tools/generate.py --load ckpt --prompt "..." --pipeline-model-parallel-size 2
 
 --temperature 0 (default) is greedy. Decoding uses a KV cache (--no-kv-cache re-runs the whole
 sequence each step). Generation stops at EOD or after --max-new-tokens. A prompt file holds one
@@ -18,7 +19,8 @@ import json  # noqa: E402
 
 from megatron.config.tool_args import tool_parser  # noqa: E402  (first: quiets megatron-core)
 from megatron.eval.generation import generate  # noqa: E402
-from megatron.eval.runner import ModelRunner, drive, init_eval_parallel  # noqa: E402
+from megatron.eval.runner import (ModelRunner, add_parallel_flags, drive,  # noqa: E402
+                                  init_eval_parallel)
 from megatron.eval.tokenizer import add_tokenizer_flags, tokenizer_from_args  # noqa: E402
 from megatron.parallel.layout import destroy_parallel  # noqa: E402
 
@@ -39,6 +41,7 @@ def parse_args(argv=None):
     p.add_argument("--no-kv-cache", action="store_true")
     p.add_argument("--json", action="store_true", help="print JSON lines")
     add_tokenizer_flags(p)
+    add_parallel_flags(p)
     args = p.parse_args(argv)
     if args.temperature < 0 or args.top_k < 0 or not 0 < args.top_p <= 1:
         p.error(f"need --temperature >= 0 (got {args.temperature}), --top-k >= 0 (got "
@@ -60,7 +63,8 @@ def read_prompts(args) -> list:
 def main(argv=None):
     args = parse_args(argv)
     prompts = read_prompts(args)
-    layout = init_eval_parallel()
+    layout = init_eval_parallel(args.tensor_model_parallel_size,
+                                args.pipeline_model_parallel_size)
     try:
         runner = ModelRunner.from_checkpoint(args.load, layout, args.tag)
         tok = tokenizer_from_args(runner.cfg, args)

@@ -71,35 +71,46 @@ def _tp_ranks(ckpt: str) -> list:
     return ranks
 
 
-def read_shard(load_dir: str, tag: str, tp_rank: int, num_layers: int) -> dict:
-    """TP rank `tp_rank`'s GPTModel state dict, whatever the PP size."""
+def read_shard(load_dir: str, tag: str, tp_rank: int, num_layers: int, keep=None) -> dict:
+    """TP rank `tp_rank`'s GPTModel state dict, whatever the PP size.
+
+    keep: a predicate on GPTModel names; only those entries are returned, and the files are
+    memory-mapped so the tensors left out are never read (a pipeline stage's share)."""
     ckpt = os.path.join(load_dir, tag)
     layer_files = sorted(glob.glob(os.path.join(ckpt, f"layer_*-model_{tp_rank:02d}-model_states.pt")))
     if layer_files:
-        return _merge_pipeline_layers(layer_files, num_layers)
+        return _merge_pipeline_layers(layer_files, num_layers, keep)
     path = os.path.join(ckpt, f"mp_rank_{tp_rank:02d}_model_states.pt")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--load {load_dir}: {path} is missing")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = _load(path, keep)
     if not isinstance(state.get("module"), dict):
         raise ValueError(f"{path}: no 'module' state dict in it")
-    return state["module"]
+    return _kept(state["module"], keep)
 
 
-def _merge_pipeline_layers(files: list, num_layers: int) -> dict:
+def _load(path: str, keep) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False, mmap=keep is not None)
+
+
+def _kept(sd: dict, keep) -> dict:
+    return sd if keep is None else {k: v for k, v in sd.items() if keep(k)}
+
+
+def _merge_pipeline_layers(files: list, num_layers: int, keep=None) -> dict:
     """PipelineModule layer files -> GPTModel names (as megatron/trainer/pipeline.py's gpt_name)."""
     out = {}
     for path in files:
         index = int(_LAYER_FILE.search(path).group(1))
         prefix = ("embedding." if index == 0 else f"layers.{index - 1}." if index <= num_layers
                   else "head.")
-        for k, v in torch.load(path, map_location="cpu", weights_only=False).items():
+        for k, v in _load(path, keep).items():
             out[prefix + k] = v
-    return out
+    return _kept(out, keep)
 
 
-def read_shards(load_dir: str, tag: str, num_layers: int) -> list:
-    return [read_shard(load_dir, tag, r, num_layers)
+def read_shards(load_dir: str, tag: str, num_layers: int, keep=None) -> list:
+    return [read_shard(load_dir, tag, r, num_layers, keep)
             for r in _tp_ranks(os.path.join(load_dir, tag))]
 
 

@@ -3,13 +3,18 @@
     lm = MegatronGPTLM(runner, tokenizer, batch_size=8)       # runner: runner.ModelRunner
     lm_eval.simple_evaluate(model=lm, tasks=["lambada_openai"])
     # or by name: simple_evaluate(model="megatron-gpt", model_args="load=CKPT,batch_size=8")
+    # under torchrun --nproc-per-node 4: model_args="load=CKPT,tensor_model_parallel_size=2,
+    #                                                pipeline_model_parallel_size=2"
 
 loglikelihood: (context, continuation) -> windows (scoring.sliding_windows: the last seq_length
 + 1 tokens when the continuation fits, rolling windows when it is longer than the context),
 length-sorted and batched with lm-eval's Collator. loglikelihood_rolling: lm-eval's rolling
 windows (prefix EOD, context_len=1). generate_until: one request at a time with the KV cache,
-greedy unless do_sample, stopping at the `until` strings or EOD. Under TP only the driver
-(global rank 0) calls these; the other ranks run runner.serve().
+greedy unless do_sample, stopping at the `until` strings or EOD. Under TP x PP only the driver
+(global rank 0) calls these; the other ranks run runner.serve(). Built by name (model_args), the
+LM makes the layout itself (TP x PP = world size; TP defaults to world size / PP): the followers
+never return from the constructor: they serve the driver's calls and exit (SystemExit(0)) when
+the driver's process ends (an atexit hook stops them).
 """
 from __future__ import annotations
 
@@ -28,15 +33,16 @@ from megatron.eval.scoring import score_batch, sliding_windows
 class MegatronGPTLM(TemplateLM):
     def __init__(self, runner=None, tokenizer=None, batch_size: int = 8, max_gen_toks: int = 256,
                  load: Optional[str] = None, tag: Optional[str] = None,
-                 tokenizer_model: Optional[str] = None, **_ignored):
+                 tokenizer_model: Optional[str] = None,
+                 tensor_model_parallel_size: Optional[int] = None,
+                 pipeline_model_parallel_size: int = 1, **_ignored):
         super().__init__()
-        if runner is None:  # built by name from model_args: a single-process model
-            from megatron.eval.runner import ModelRunner, init_eval_parallel
-            from megatron.eval.tokenizer import tokenizer_for
+        if runner is None:  # built by name from model_args
             if not load:
                 raise ValueError("model megatron-gpt needs model_args load=<checkpoint dir>")
-            runner = ModelRunner.from_checkpoint(load, init_eval_parallel(), tag)
-            tokenizer = tokenizer_for(runner.cfg, tokenizer_model=tokenizer_model)
+            runner, tokenizer = _runner_from_args(load, tag, tokenizer_model,
+                                                  tensor_model_parallel_size,
+                                                  pipeline_model_parallel_size)
         self.runner, self.tok = runner, tokenizer
         self.batch_size = int(batch_size)
         self.max_gen_toks = int(max_gen_toks)
@@ -121,3 +127,25 @@ class MegatronGPTLM(TemplateLM):
             results.append(text)
             self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
         return results
+
+
+def _runner_from_args(load, tag, tokenizer_model, tp, pp) -> tuple:
+    """(driver's runner, tokenizer) on global rank 0; the other ranks serve, then exit."""
+    import atexit
+
+    from megatron.eval.runner import ModelRunner, init_eval_parallel
+    from megatron.eval.tokenizer import tokenizer_for
+    layout = init_eval_parallel(None if tp is None else int(tp), int(pp))
+    runner = ModelRunner.from_checkpoint(load, layout, tag)
+    if not runner.is_driver:
+        runner.serve()
+        raise SystemExit(0)
+    if runner.group is not None:
+        atexit.register(_stop_if_connected, runner)
+    return runner, tokenizer_for(runner.cfg, tokenizer_model=tokenizer_model)
+
+
+def _stop_if_connected(runner) -> None:
+    import torch.distributed as dist
+    if dist.is_initialized():
+        runner.stop()

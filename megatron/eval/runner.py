@@ -1,6 +1,6 @@
-"""A checkpoint's GPTModel ready for inference, on one process or TP ranks in lockstep.
+"""A checkpoint's GPT ready for inference, on one process or TP x PP ranks in lockstep.
 
-    layout = init_eval_parallel()                   # TP = world size (torchrun) or 1 process
+    layout = init_eval_parallel(tp, pp)             # TP x PP = world size (torchrun), or 1 process
     runner = ModelRunner.from_checkpoint("ckpt", layout)
     if runner.is_driver:                            # global rank 0 does the work ...
         try:
@@ -8,12 +8,18 @@
         finally:
             runner.stop()
     else:
-        runner.serve()                              # ... the other TP ranks follow its calls
+        runner.serve()                              # ... the other ranks follow its calls
 
-Every model call on the driver is broadcast to the TP group (an int64 header, then its
-tensors), so all ranks run the same forward; logits are all-gathered over the vocab shards.
-With one process nothing is sent. The driver's results equal a single-process run up to the
-order of floating-point sums in the TP all-reduces.
+The protocol. Every call on the driver is broadcast over the model-parallel group (all TP x PP
+ranks of the model): an int64 header [op, B, T], then for a forward the tokens and position ids
+(2, B, T). Then each pipeline stage runs its blocks (megatron/eval/pipeline_stage.py): stage 0
+embeds the tokens, stage s > 0 receives the hidden states (B, T, H) in the params dtype from the
+same TP rank of stage s - 1 (dist.recv; the shape is known from the header), runs its layers and
+sends them on to stage s + 1 (dist.send). The last stage's TP ranks all-gather their vocab shards
+into fp32 logits (B, T, V), and its TP rank 0 sends them to the driver (TP rank 0 of stage 0).
+KV-cache on/off is a header-only call: every rank sets the caches of the layers it holds. With
+one process nothing is sent; with PP = 1 there are no sends. The driver's results equal a
+single-process run up to the order of floating-point sums in the TP all-reduces.
 """
 from __future__ import annotations
 
@@ -25,7 +31,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 
 from megatron.config.schema import Config, ParallelConfig
-from megatron.eval import checkpoint_loader as ckl
+from megatron.eval.pipeline_stage import PipelineStage, load_stage
 from megatron.model.attention import KVCache
 from megatron.model.gpt import GPTModel
 from megatron.parallel.launch import LaunchEnv, free_port
@@ -34,38 +40,36 @@ from megatron.parallel.layout import ParallelLayout, initialize_parallel
 _STOP, _FORWARD, _CACHE_ON, _CACHE_OFF = range(4)
 
 
-def init_eval_parallel() -> ParallelLayout:
-    """TP over all launched processes (PP = DP = 1); a plain `python` run is TP = 1 on a fresh
-    port (not a MASTER_PORT inherited from a parent process that is using it)."""
+def add_parallel_flags(parser) -> None:
+    """--tensor-model-parallel-size (default: world size / PP) and --pipeline-model-parallel-size."""
+    g = parser.add_argument_group("model parallelism (launch TP x PP processes with torchrun)")
+    g.add_argument("--tensor-model-parallel-size", type=int, default=None,
+                   help="TP ranks per pipeline stage (default: world size / PP)")
+    g.add_argument("--pipeline-model-parallel-size", type=int, default=1,
+                   help="pipeline stages the layers are split over (default 1)")
+
+
+def init_eval_parallel(tp: Optional[int] = None, pp: int = 1) -> ParallelLayout:
+    """TP x PP over all launched processes (DP = 1); tp None: world size / pp. A plain `python`
+    run is one process on a fresh port (not a MASTER_PORT inherited from a parent process that
+    is using it)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    if tp is None:
+        if pp < 1 or world % pp:
+            raise ValueError(f"--pipeline-model-parallel-size {pp} does not divide the {world} "
+                             f"launched processes (WORLD_SIZE)")
+        tp = world // pp
+    if tp < 1 or pp < 1 or tp * pp != world:
+        raise ValueError(f"--tensor-model-parallel-size {tp} x --pipeline-model-parallel-size {pp}"
+                         f" = {tp * pp} ranks, but {world} processes were launched (WORLD_SIZE); "
+                         f"launch TP x PP processes (torchrun --nproc-per-node {max(tp * pp, 1)})")
     launch = None if world > 1 else LaunchEnv(0, 1, 0, "127.0.0.1", free_port(), "single")
-    return initialize_parallel(ParallelConfig(tensor_model_parallel_size=world), launch)
-
-
-def load_model(load_dir: str, layout: ParallelLayout, tag: Optional[str] = None,
-               dtype: torch.dtype = torch.float32) -> tuple:
-    """(GPTModel in eval mode holding this TP rank's weights, Config) from a checkpoint at any TP/PP.
-
-    A checkpoint of the same TP size is read shard by shard; another is merged and re-split."""
-    tag = ckl.resolve_tag(load_dir, tag)
-    cfg = ckl.load_config(load_dir, tag)
-    m = ckl.eval_model_config(cfg.model)
-    if m.vocab_size % layout.tp:
-        raise ValueError(f"--load {load_dir}: padded vocabulary {m.vocab_size} does not split over "
-                         f"TP {layout.tp}; use a TP size that divides it")
-    specs = ckl.partition_specs(m)
-    if ckl.checkpoint_tp(load_dir, tag) == layout.tp:
-        sd = ckl.read_shard(load_dir, tag, layout.tp_rank, m.num_layers)
-    else:
-        full = ckl.merge_shards(ckl.read_shards(load_dir, tag, m.num_layers), specs)
-        sd = ckl.split_state_dict(full, specs, layout.tp)[layout.tp_rank]
-    ckl.check_shapes(sd, specs, m, f"--load {load_dir} (tag {tag})")
-    model = build_model(m, sd, dtype, layout.device)
-    return model, cfg.replace(model={"hidden_dropout": 0.0, "attention_dropout": 0.0})
+    return initialize_parallel(ParallelConfig(tensor_model_parallel_size=tp,
+                                              pipeline_model_parallel_size=pp), launch)
 
 
 def build_model(model_cfg, state_dict: dict, dtype=torch.float32, device="cpu") -> GPTModel:
-    """GPTModel for the current TP rank with `state_dict` (that rank's shard) loaded, eval mode."""
+    """A whole GPTModel for the current TP rank with `state_dict` (that rank's shard) loaded, eval mode."""
     with torch.random.fork_rng(devices=[]):  # construction draws init weights: keep ours
         model = GPTModel(model_cfg, params_dtype=dtype)
     try:
@@ -77,16 +81,31 @@ def build_model(model_cfg, state_dict: dict, dtype=torch.float32, device="cpu") 
 
 
 class ModelRunner:
-    def __init__(self, model: GPTModel, cfg: Config, layout: ParallelLayout):
+    """The driver's model calls, mirrored on every rank of the model (see the module docstring).
+
+    model: a PipelineStage (this rank's stage), or with PP = 1 a whole GPTModel (the live
+    model of --eval-harness-tasks, tests)."""
+
+    def __init__(self, model, cfg: Config, layout: ParallelLayout):
+        if layout.pp > 1 and not isinstance(model, PipelineStage):
+            raise ValueError(f"PP {layout.pp}: the runner needs this rank's PipelineStage, "
+                             f"not a {type(model).__name__}")
         self.model, self.cfg, self.layout = model, cfg, layout
         self.device = layout.device
-        self.group = parallel_state.get_tensor_model_parallel_group() if layout.tp > 1 else None
-        self.src = dist.get_global_rank(self.group, 0) if self.group is not None else 0
+        self.dtype = next(model.parameters()).dtype  # of the hidden states between stages
+        parallel = layout.tp * layout.pp > 1
+        self.group = parallel_state.get_model_parallel_group() if parallel else None
+        self.src = dist.get_global_rank(self.group, 0) if parallel else 0  # the driver
+        if layout.pp > 1:
+            pp_group = parallel_state.get_pipeline_model_parallel_group()
+            self.prev = parallel_state.get_pipeline_model_parallel_prev_rank()
+            self.next = parallel_state.get_pipeline_model_parallel_next_rank()
+            self.last = dist.get_global_rank(pp_group, layout.pp - 1)  # last stage, same TP rank
 
     @classmethod
     def from_checkpoint(cls, load_dir: str, layout: ParallelLayout, tag: Optional[str] = None,
                         dtype: torch.dtype = torch.float32) -> "ModelRunner":
-        model, cfg = load_model(load_dir, layout, tag, dtype)
+        model, cfg = load_stage(load_dir, layout, tag, dtype)
         return cls(model, cfg, layout)
 
     @property
@@ -112,7 +131,7 @@ class ModelRunner:
         return self._forward(tokens, position_ids)
 
     def use_kv_cache(self, on: bool) -> None:
-        """Start with empty KV caches (on) or drop them (off) on every TP rank."""
+        """Start with empty KV caches (on) or drop them (off) on every rank, for its layers."""
         self._send(_CACHE_ON if on else _CACHE_OFF)
         self._set_cache(on)
 
@@ -148,13 +167,36 @@ class ModelRunner:
                            group=self.group)
 
     @torch.no_grad()
-    def _forward(self, tokens, position_ids) -> torch.Tensor:
-        local = self.model(tokens, position_ids=position_ids).float()  # (B, T, V / TP)
-        if self.group is None:
+    def _forward(self, tokens, position_ids) -> Optional[torch.Tensor]:
+        """tokens, position_ids (B, T) on every rank -> logits (B, T, V) fp32 on the driver (and
+        the last stage's ranks); None on the other stages' ranks."""
+        lay = self.layout
+        x = tokens
+        if not lay.is_first_stage:  # hidden states (B, T, H) from the previous stage
+            x = torch.empty(*tokens.shape, self.cfg.model.hidden_size, dtype=self.dtype,
+                            device=self.device)
+            dist.recv(x, self.prev)
+        out = self.model(x, position_ids=position_ids)
+        if not lay.is_last_stage:
+            dist.send(out.contiguous(), self.next)
+            return self._receive_logits(tokens.shape) if self.is_driver else None
+        logits = self._gather_vocab(out.float())  # (B, T, V)
+        if lay.pp > 1 and lay.tp_rank == 0:
+            dist.send(logits, self.src)
+        return logits
+
+    def _gather_vocab(self, local: torch.Tensor) -> torch.Tensor:
+        """(B, T, V / TP) on each TP rank -> (B, T, V)."""
+        if self.layout.tp == 1:
             return local
         parts = [torch.empty_like(local) for _ in range(self.layout.tp)]
-        dist.all_gather(parts, local.contiguous(), group=self.group)
-        return torch.cat(parts, dim=-1)  # (B, T, V)
+        dist.all_gather(parts, local.contiguous(), group=parallel_state.get_tensor_model_parallel_group())
+        return torch.cat(parts, dim=-1)
+
+    def _receive_logits(self, shape) -> torch.Tensor:
+        logits = torch.empty(*shape, self.vocab_size, dtype=torch.float32, device=self.device)
+        dist.recv(logits, self.last)
+        return logits
 
     def _set_cache(self, on: bool) -> None:
         for layer in self.model.layers:

@@ -3,9 +3,11 @@
     python tasks/eval_harness/evaluate.py --load ckpt --tasks lambada_openai,piqa --num-fewshot 0 \
         --batch-size 8 [--results-path out.json] [--include-path DIR] [--limit N]
     torchrun --nproc-per-node 2 tasks/eval_harness/evaluate.py --load ckpt ...   # tensor-parallel
+    torchrun --nproc-per-node 4 tasks/eval_harness/evaluate.py --load ckpt ... --tensor-model-parallel-size 2 --pipeline-model-parallel-size 2
 
 Runs lm_eval.simple_evaluate on rank 0 with megatron.eval.harness.MegatronGPTLM; under torchrun
-the other ranks hold their TP shards and follow rank 0's model calls. Tasks are looked up by
+the other ranks hold their TP shard of their pipeline stage and follow rank 0's model calls
+(TP x PP = world size; with no flags TP = world size, PP = 1). Tasks are looked up by
 lm-eval's TaskManager (plus --include-path for local task YAMLs). Datasets must already be in
 the HF cache or local files: set HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 to forbid downloads.
 """
@@ -17,7 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import json  # noqa: E402
 
 from megatron.config.tool_args import tool_parser  # noqa: E402  (first: quiets megatron-core)
-from megatron.eval.runner import ModelRunner, drive, init_eval_parallel  # noqa: E402
+from megatron.eval.runner import (ModelRunner, add_parallel_flags, drive,  # noqa: E402
+                                  init_eval_parallel)
 from megatron.eval.tokenizer import add_tokenizer_flags, tokenizer_from_args  # noqa: E402
 from megatron.parallel.layout import destroy_parallel  # noqa: E402
 
@@ -35,6 +38,7 @@ def parse_args(argv=None):
     p.add_argument("--results-path", default=None, help="write the results JSON here")
     p.add_argument("--seed", type=int, default=1234)
     add_tokenizer_flags(p)
+    add_parallel_flags(p)
     return p.parse_args(argv)
 
 
@@ -63,7 +67,8 @@ def evaluate(runner, tokenizer, args) -> dict:
 
 def main(argv=None):
     args = parse_args(argv)
-    layout = init_eval_parallel()
+    layout = init_eval_parallel(args.tensor_model_parallel_size,
+                                args.pipeline_model_parallel_size)
     try:
         runner = ModelRunner.from_checkpoint(args.load, layout, args.tag)
         tok = tokenizer_from_args(runner.cfg, args)
