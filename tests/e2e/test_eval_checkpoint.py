@@ -1,5 +1,6 @@
 """A real TP = 2 checkpoint from pretrain_gpt.py through every eval tool: merged/split loading,
-convert_checkpoint.py, HF export/import, evaluate.py (lm-eval), eval_perplexity.py, generate.py."""
+convert_checkpoint.py, HF export/import, evaluate.py (lm-eval), eval_perplexity.py, generate.py;
+a TP 2 x PP 2 one loaded as the same model and evaluated on TP x PP ranks as on one process."""
 import json
 import math
 import os
@@ -25,6 +26,21 @@ def tp2_ckpt(tiny_data, tmp_path_factory):
                  "--eval-interval", "100", "--save", str(ck))
         _CACHE["ck"] = str(ck)
     return _CACHE["ck"]
+
+
+PP_FLAGS = ("--micro-batch-size", "4", "--global-batch-size", "4", "--train-iters", "4",
+            "--eval-iters", "1", "--eval-interval", "100")
+
+
+@pytest.fixture(scope="session")
+def pp_ckpt(tiny_data, tmp_path_factory):
+    """4 steps at TP 2 x PP 2 (4 ranks; 2 layers, tied embeddings: one layer per stage)."""
+    if "pp" not in _CACHE:
+        ck = tmp_path_factory.mktemp("eval_pp_ckpt") / "ck"
+        pretrain(tiny_data, 4, *PP_FLAGS, "--tensor-model-parallel-size", "2",
+                 "--pipeline-model-parallel-size", "2", "--save", str(ck))
+        _CACHE["pp"] = str(ck)
+    return _CACHE["pp"]
 
 
 @pytest.fixture
@@ -176,19 +192,15 @@ def test_perplexity_and_generate_cli(tp2_ckpt, tiny_data, tp1_process, tmp_path)
     assert out.stdout == again.stdout
 
 
-def test_pipeline_checkpoint_loads_as_the_same_model_as_a_single_process_one(tiny_data,
+def test_pipeline_checkpoint_loads_as_the_same_model_as_a_single_process_one(tiny_data, pp_ckpt,
                                                                               tp1_process,
                                                                               tmp_path):
     """The same 4 steps at TP 2 x PP 2 (4 ranks) and on 1 process (fp32): the evaluation
     loader reads both (pipeline layer files, tied projection on the last stage) into the same
     weights, within the two runs' float-sum noise."""
     from megatron.eval import checkpoint_loader as ckl
-    flags = ("--micro-batch-size", "4", "--global-batch-size", "4", "--train-iters", "4",
-             "--eval-iters", "1", "--eval-interval", "100")
-    pretrain(tiny_data, 4, *flags, "--tensor-model-parallel-size", "2",
-             "--pipeline-model-parallel-size", "2", "--save", str(tmp_path / "pp"))
-    pretrain(tiny_data, 1, *flags, "--save", str(tmp_path / "single"))
-    _, pp = ckl.load_full_state_dict(str(tmp_path / "pp"))
+    pretrain(tiny_data, 1, *PP_FLAGS, "--save", str(tmp_path / "single"))
+    _, pp = ckl.load_full_state_dict(pp_ckpt)
     _, single = ckl.load_full_state_dict(str(tmp_path / "single"))
     assert pp.keys() == single.keys()
     # Adam's normalised steps turn float-sum noise in near-zero gradients into differences
@@ -197,3 +209,31 @@ def test_pipeline_checkpoint_loads_as_the_same_model_as_a_single_process_one(tin
         if torch.is_tensor(ref) and ref.is_floating_point():
             assert pp[name].shape == ref.shape, name
             assert (pp[name] - ref).abs().max() <= 1e-4, name
+
+
+def test_pipeline_checkpoint_evaluated_at_tp2_pp2_equals_one_process(pp_ckpt, tmp_path):
+    """evaluate.py on 4 ranks (--tensor-model-parallel-size 2 --pipeline-model-parallel-size 2,
+    the checkpoint's own layout: each rank reads its stage's layer files) and generate.py on
+    2 ranks (TP 1 x PP 2: TP shards merged) give the single-process scores and tokens; a layout
+    that does not match the processes is refused naming the flags."""
+    tp_pp = ("--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2")
+    tasks = ["tasks/eval_harness/evaluate.py", "--load", pp_ckpt, "--tasks", "tiny_mc,tiny_ppl",
+             "--num-fewshot", "0", "--batch-size", "4", "--include-path", "tests/fixtures/eval_tasks"]
+    run([sys.executable, *tasks, "--results-path", str(tmp_path / "r1.json")], env=OFFLINE)
+    run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=4",
+         *tasks, *tp_pp, "--results-path", str(tmp_path / "r4.json")], env=OFFLINE)
+    res = json.loads((tmp_path / "r1.json").read_text())["results"]
+    res4 = json.loads((tmp_path / "r4.json").read_text())["results"]
+    for task, metric in (("tiny_mc", "acc,none"), ("tiny_mc", "acc_norm,none"),
+                         ("tiny_ppl", "bits_per_byte,none"), ("tiny_ppl", "word_perplexity,none")):
+        assert res4[task][metric] == pytest.approx(res[task][metric], rel=1e-6), (task, metric)
+    gen = ["tools/generate.py", "--load", pp_ckpt, "--prompt", "Return the number of",
+           "--max-new-tokens", "12", "--json"]
+    one = run([sys.executable, *gen]).stdout.strip().splitlines()[-1]
+    two = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+               *gen, "--pipeline-model-parallel-size", "2"]).stdout.strip().splitlines()[-1]
+    assert json.loads(two)["tokens"] == json.loads(one)["tokens"]
+    bad = run([sys.executable, "tools/eval_perplexity.py", "--load", pp_ckpt, "--input",
+               os.path.join(ROOT, "tests/fixtures/eval_tasks/tiny_ppl.jsonl"), *tp_pp], check=False)
+    assert bad.returncode != 0 and ("--tensor-model-parallel-size 2 x "
+                                    "--pipeline-model-parallel-size 2 = 4 ranks, but 1") in bad.stderr
