@@ -15,7 +15,7 @@ from typing import Optional
 
 import torch
 from megatron.core import parallel_state
-from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
+from megatron.model.linear import ColumnLinear, RowLinear
 from torch import nn
 
 from megatron.model import kernels, masks
@@ -36,11 +36,11 @@ class SelfAttention(nn.Module):
         self.head_dim = cfg.head_dim
         H = cfg.hidden_size
         tp_group = parallel_state.get_tensor_model_parallel_group()
-        self.qkv = ColumnParallelLinear(H, 3 * H, config=mp_config, tp_group=tp_group,
+        self.qkv = ColumnLinear(H, 3 * H, config=mp_config, tp_group=tp_group,
                                         bias=cfg.add_bias_linear,
                                         init_method=normal_init(cfg.init_method_std),
                                         gather_output=False)
-        self.dense = RowParallelLinear(H, H, config=mp_config, tp_group=tp_group,
+        self.dense = RowLinear(H, H, config=mp_config, tp_group=tp_group,
                                        bias=cfg.add_bias_linear,
                                        init_method=scaled_normal_init(cfg.init_method_std,
                                                                       cfg.num_layers),

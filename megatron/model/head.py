@@ -5,7 +5,7 @@ from typing import Optional
 
 import torch
 from megatron.core import parallel_state
-from megatron.core.tensor_parallel import ColumnParallelLinear
+from megatron.model.linear import ColumnLinear
 from torch import nn
 
 from megatron.model.init import normal_init
@@ -20,7 +20,7 @@ class OutputHead(nn.Module):
         # Tied: no weight of its own; the embedding's shard is passed to forward (as
         # megatron-core's GPTModel does), which also fits a DeepSpeed TiedLayerSpec later.
         tp_group = parallel_state.get_tensor_model_parallel_group()
-        self.output_layer = ColumnParallelLinear(
+        self.output_layer = ColumnLinear(
             cfg.hidden_size, cfg.vocab_size, config=mp_config, tp_group=tp_group, bias=False,
             gather_output=False, init_method=normal_init(cfg.init_method_std),
             skip_weight_param_allocation=self.tied)

@@ -6,10 +6,9 @@ slices of both halves: rank r gets [gate_r | up_r].
 """
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from megatron.core import parallel_state
-from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
+from megatron.model.linear import ColumnLinear, RowLinear
 from torch import nn
 
 from megatron.model.init import normal_init, scaled_normal_init
@@ -34,11 +33,11 @@ class MLP(nn.Module):
         H, F_ = cfg.hidden_size, cfg.ffn_size
         n_fc1 = 2 if self.glu else 1
         tp_group = parallel_state.get_tensor_model_parallel_group()
-        self.fc1 = ColumnParallelLinear(H, n_fc1 * F_, config=mp_config, tp_group=tp_group,
+        self.fc1 = ColumnLinear(H, n_fc1 * F_, config=mp_config, tp_group=tp_group,
                                         bias=cfg.add_bias_linear,
                                         init_method=normal_init(cfg.init_method_std),
                                         gather_output=False, stride=n_fc1)
-        self.fc2 = RowParallelLinear(F_, H, config=mp_config, tp_group=tp_group,
+        self.fc2 = RowLinear(F_, H, config=mp_config, tp_group=tp_group,
                                      bias=cfg.add_bias_linear,
                                      init_method=scaled_normal_init(cfg.init_method_std,
                                                                     cfg.num_layers),
