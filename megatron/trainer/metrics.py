@@ -19,17 +19,23 @@ PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "A800": 312e12, "V
 
 
 def count_parameters(cfg: ModelConfig) -> int:
-    """Full (unsharded) parameter count of the GPT described by cfg."""
+    """Full (unsharded) parameter count of the GPT described by cfg: exactly
+    sum(p.numel() for p in GPTModel(cfg).parameters()) on one process (a tied output layer
+    counted once; norms: LayerNorm weight + bias, RMSNorm weight only; --embed-layernorm's
+    norm included)."""
     h, L, f = cfg.hidden_size, cfg.num_layers, cfg.ffn_size
     bias = 1 if cfg.add_bias_linear else 0
     attn = 4 * h * h + bias * 4 * h
     up = (2 if cfg.glu_activation else 1) * f
     mlp = h * up + f * h + bias * (up + h)
-    norms = (4 if cfg.sandwich_layernorm else 2) * 2 * h
+    norm = (2 if cfg.normalization == "LayerNorm" else 1) * h  # RMSNorm: a weight, no bias
+    norms = (4 if cfg.sandwich_layernorm else 2) * norm
     emb = cfg.vocab_size * h * (2 if cfg.untie_embeddings_and_output_weights else 1)
     if cfg.position_embedding_type == "learned_absolute":
         emb += cfg.max_positions * h
-    return L * (attn + mlp + norms) + emb + 2 * h
+    if cfg.embed_layernorm:
+        emb += norm
+    return L * (attn + mlp + norms) + emb + norm  # + the final norm
 
 
 def flops_per_token(cfg: ModelConfig) -> float:

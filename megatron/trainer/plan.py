@@ -248,7 +248,7 @@ def plan(m: ModelConfig, layout: Layout, gpu: str = "H100-80GB", mfu: float = 0.
             act += 6 * b * s * m.vocab_size / tp
         stages.append(StagePlan(i, specs, params, w_b * params, g_b * params, o_b * params, act))
     from megatron.trainer.metrics import count_parameters, flops_per_token
-    n = count_parameters(m) + (_norm_params(m) if m.embed_layernorm else 0)
+    n = count_parameters(m)
     held = sum(st.params for st in stages) * tp - (tp - 1) * _replicated_params(m, pp)
     tokens = layout.global_batch * s
     flops = flops_per_token(m) * tokens
