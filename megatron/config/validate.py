@@ -1,6 +1,7 @@
 """Start-up checks of a `Config` against the job: clear errors that name flags and values."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Optional
@@ -116,6 +117,19 @@ def check_model_shape(cfg: Config) -> None:
     if m.seq_length > m.max_positions:
         raise ConfigError(f"--seq-length {m.seq_length} exceeds --max-position-embeddings "
                           f"{m.max_position_embeddings}")
+
+
+def check_model(cfg: Config) -> None:
+    """The model's own build check (megatron/model/validate.py, also run where the model is
+    built) at start-up, so a combination it refuses is a clean error, not a rank traceback."""
+    from megatron.model.validate import check_model_config  # model rules live with the model
+    m, tp = cfg.model, cfg.parallel.tensor_model_parallel_size
+    if m.vocab_size <= 0:  # padded from the tokenizer later; any valid size for the check
+        m = dataclasses.replace(m, vocab_size=max(tp, 1) * max(m.make_vocab_size_divisible_by, 1))
+    try:
+        check_model_config(m, tp)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def check_batch(cfg: Config, world_size: int) -> None:
@@ -287,6 +301,7 @@ def validate_config(cfg: Config, world_size: int) -> None:
     parse_iteration_ranges(cfg.training.skip_train_iteration_range)
     data_parallel_size(cfg, world_size)
     check_model_shape(cfg)
+    check_model(cfg)
     check_prefix_lm(cfg)
     check_batch(cfg, world_size)
     check_deepspeed_config(cfg, world_size)

@@ -22,7 +22,7 @@ def dry_run(cfg: Config, world_size: int | None = None, vocab: int = 50257) -> i
     for (group, name), (off, flag, where) in v.NOT_IMPLEMENTED_YET.items():
         if getattr(getattr(cfg, group), name) != off:
             problems.append(f"{flag} is not implemented yet ({where})")
-    for check in (v.check_model_shape, lambda c: v.check_batch(c, world),
+    for check in (v.check_model_shape, v.check_model, lambda c: v.check_batch(c, world),
                   lambda c: v.check_deepspeed_config(c, world)):
         try:
             check(cfg)

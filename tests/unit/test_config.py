@@ -192,6 +192,42 @@ def test_pretrain_cli_reports_config_errors_without_traceback():
     assert "Traceback" not in out.stderr
 
 
+# flag combinations megatron/model/validate.py refuses -> what the error says
+MODEL_ERRORS = [
+    (["--position-embedding-type", "alibi", "--rotary-percent", "0.5"],
+     "--position-embedding-type alibi does not use rotary embeddings, but --rotary-percent is "
+     "set to 0.5"),
+    (["--rotary-percent", "1.5"], "--rotary-percent 1.5 must be in (0, 1]"),
+    (["--attention-kernel", "flex", "--attention-dropout", "0.1"],
+     "--attention-kernel flex does not implement attention dropout, but --attention-dropout is "
+     "0.1"),
+]
+
+
+@pytest.mark.parametrize("argv,needle", MODEL_ERRORS)
+def test_model_config_errors_are_start_up_errors(argv, needle):
+    """megatron/model/validate.py's check runs in validate_config: ConfigError, not a
+    ValueError from inside the model build on every rank."""
+    assert needle in _error(TRAIN + argv)
+
+
+@pytest.mark.parametrize("argv,needle", MODEL_ERRORS)
+def test_pretrain_cli_reports_model_errors_without_traceback(argv, needle):
+    out = subprocess.run([sys.executable, "pretrain_gpt.py", "--mock-data", "--train-iters", "1",
+                          *argv], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert "pretrain_gpt.py: error: " in out.stderr and needle in out.stderr, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr
+
+
+def test_dry_run_reports_model_errors(capsys):
+    from megatron.trainer.dry_run import dry_run
+    cfg = parse_config(TRAIN + ["--rotary-percent", "1.5"])
+    assert dry_run(cfg, 1) == 1
+    out = capsys.readouterr().out
+    assert "--rotary-percent 1.5 must be in (0, 1]" in out
+
+
 @pytest.mark.parametrize("argv,needle", [
     (["--rampup-batch-size", "6", "4", "100", "--global-batch-size", "16"],
      "minus START 6 is not a multiple of INCREMENT 4"),
