@@ -119,7 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     par.add("--sequence-parallel", action="store_true",
             help="Shard norms/dropout activations along the sequence over TP ranks.")
     par.add("--pp-partition-method", default="type:transformer",
-            help="How layers are split over pipeline stages (uniform, parameters, type:REGEX).")
+            help="How layers are split over pipeline stages: type:transformer (the default; "
+                 "needs --num-layers divisible by the stages), 'type:transformer|embedding' "
+                 "(the embedding and head count as layers: BLOOM-176B's 70 layers on 12 "
+                 "stages), parameters, uniform or type:REGEX.")
     par.add("--distributed-backend", default="auto", choices=["auto", "nccl", "gloo"],
             help="torch.distributed backend (auto: nccl on GPUs, gloo on CPU).")
     par.add("--distributed-timeout-minutes", type=int, default=30,

@@ -6,7 +6,9 @@ import json
 import os
 from typing import Optional
 
-from megatron.config.schema import Config
+from megatron.config.schema import Config, ParallelConfig
+
+DEFAULT_PARTITION_METHOD = ParallelConfig.pp_partition_method
 
 
 class ConfigError(ValueError):
@@ -111,9 +113,20 @@ def check_model_shape(cfg: Config) -> None:
     if m.ffn_size % tp:
         raise ConfigError(f"MLP size {m.ffn_size} (--ffn-hidden-size) is not divisible by "
                           f"--tensor-model-parallel-size {tp}")
-    if m.num_layers < pp:  # uneven splits are fine: --pp-partition-method balances them
+    if m.num_layers < pp:
         raise ConfigError(f"--num-layers {m.num_layers} is fewer than "
                           f"--pipeline-model-parallel-size {pp}: a stage would have no layers")
+    method = cfg.parallel.pp_partition_method
+    if m.num_layers % pp and method == DEFAULT_PARTITION_METHOD:
+        # Uneven splits are a choice (BLOOM-176B: 70 layers on PP 12 with
+        # 'type:transformer|embedding'), never the default's accident.
+        raise ConfigError(
+            f"--num-layers {m.num_layers} is not divisible by --pipeline-model-parallel-size "
+            f"{pp}, so --pp-partition-method {method} (the default) would give stages "
+            f"different numbers of layers; choose the uneven split on purpose with "
+            f"--pp-partition-method 'type:transformer|embedding' (counts the embedding and "
+            f"head as layers, as BLOOM-176B does) or --pp-partition-method parameters, or make "
+            f"--num-layers a multiple of {pp}")
     if m.seq_length > m.max_positions:
         raise ConfigError(f"--seq-length {m.seq_length} exceeds --max-position-embeddings "
                           f"{m.max_position_embeddings}")

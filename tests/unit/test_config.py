@@ -112,11 +112,31 @@ def test_hidden_not_divisible_by_heads():
 
 def test_fewer_layers_than_pipeline_stages():
     from megatron.config.validate import check_model_shape
-    check_model_shape(parse_config(TRAIN + ["--num-layers", "3", "--pipeline-model-parallel-size",
-                                            "2"]))  # uneven: the partition method balances it
-    cfg = parse_config(TRAIN + ["--num-layers", "1", "--pipeline-model-parallel-size", "2"])
+    cfg = parse_config(TRAIN + ["--num-layers", "1", "--pipeline-model-parallel-size", "2",
+                                "--pp-partition-method", "uniform"])
     with pytest.raises(ConfigError, match="--num-layers 1 .*--pipeline-model-parallel-size 2"):
         check_model_shape(cfg)
+
+
+def test_layers_not_divisible_by_pipeline_stages_under_the_default_partition():
+    msg = _error(TRAIN + ["--num-layers", "3", "--pipeline-model-parallel-size", "2"],
+                 world_size=2)
+    assert "--num-layers 3 is not divisible by --pipeline-model-parallel-size 2" in msg
+    assert "--pp-partition-method 'type:transformer|embedding'" in msg
+    assert "--pp-partition-method parameters" in msg
+    # the same default given explicitly is the same split
+    assert "not divisible" in _error(TRAIN + ["--num-layers", "3", "--pipeline-model-parallel-"
+                                              "size", "2", "--pp-partition-method",
+                                              "type:transformer"], world_size=2)
+
+
+@pytest.mark.parametrize("method", ["type:transformer|embedding", "parameters", "uniform"])
+def test_uneven_layers_allowed_with_a_chosen_partition_method(method):
+    # BLOOM-176B: 70 layers on 12 stages, embedding and head counted as layers
+    validate_config(parse_config(TRAIN + ["--num-layers", "70", "--pipeline-model-parallel-size",
+                                          "12", "--pp-partition-method", method]), 12)
+    validate_config(parse_config(TRAIN + ["--num-layers", "4", "--pipeline-model-parallel-size",
+                                          "2"]), 2)  # even: the default is fine
 
 
 def test_global_batch_not_divisible_by_micro_times_dp():
@@ -220,11 +240,13 @@ def test_pretrain_cli_reports_model_errors_without_traceback(argv, needle):
     assert "Traceback" not in out.stderr
 
 
-def test_dry_run_reports_model_errors(capsys):
+def test_dry_run_reports_model_and_pipeline_split_errors(capsys):
     from megatron.trainer.dry_run import dry_run
-    cfg = parse_config(TRAIN + ["--rotary-percent", "1.5"])
-    assert dry_run(cfg, 1) == 1
+    cfg = parse_config(TRAIN + ["--num-layers", "3", "--pipeline-model-parallel-size", "2",
+                                "--rotary-percent", "1.5"])
+    assert dry_run(cfg, 2) == 1
     out = capsys.readouterr().out
+    assert "--num-layers 3 is not divisible by --pipeline-model-parallel-size 2" in out
     assert "--rotary-percent 1.5 must be in (0, 1]" in out
 
 
