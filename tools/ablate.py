@@ -24,7 +24,9 @@ the tokens per byte of the first --data-path dataset measured by detokenizing it
 documents (column bpb_method = "val_loss x tokens/byte"). With --bpb-input TEXT.jsonl each run's
 final checkpoint is scored by tools/eval_perplexity.py on that held-out text instead
 (bpb_method = "eval_perplexity"). --eval-tasks runs tasks/eval_harness/evaluate.py on each final
-checkpoint and adds one column per task metric.
+checkpoint and adds one column per task metric. Scores are kept in OUTPUT/<run>/bpb.json and
+lm_eval.json; --collect-only with --bpb-input/--eval-tasks scores the finished runs that lack
+them (e.g. after SLURM jobs), and any later --collect-only puts them in the table again.
 
 Output: OUTPUT/plan.json, OUTPUT/<run>/{train.log, checkpoints/, ...}, OUTPUT/results.csv,
 OUTPUT/results.md, OUTPUT/loss_vs_tokens.png, OUTPUT/final_scores.png.
@@ -161,30 +163,59 @@ def run_local(plan, run_dir: Path, flags, args) -> dict:
     return {"status": "ok" if rc == 0 else f"failed ({rc})", "wall_s": round(time.time() - t0, 1)}
 
 
-def post_eval(run_dir: Path, args) -> dict:
-    out = {}
+def _have_bpb(run_dir: Path, args) -> bool:
+    res = run_dir / "bpb.json"
+    return res.exists() and json.loads(res.read_text()).get("input") == args.bpb_input
+
+
+def _have_lm_eval(run_dir: Path, args) -> bool:
+    res = run_dir / "lm_eval.json"
+    if not res.exists():
+        return False
+    r = json.loads(res.read_text())
+    done = set(r.get("results", {})) | set(r.get("groups", {}))
+    return all(t.strip() in done for t in args.eval_tasks.split(",") if t.strip())
+
+
+def post_eval(run_dir: Path, args, skip_done: bool = False) -> None:
+    """--bpb-input / --eval-tasks on the run's final checkpoint: OUTPUT/<run>/bpb.json and
+    lm_eval.json, which collect() reads. skip_done (--collect-only): keep results already there
+    for the same --bpb-input file / every requested task."""
     ckpt = run_dir / "checkpoints"
-    if args.bpb_input:
-        res = run_dir / "bpb.json"
+    if args.bpb_input and not (skip_done and _have_bpb(run_dir, args)):
+        print(f"[ablate] {run_dir.name}: bits per byte of {ckpt} on {args.bpb_input}", flush=True)
         subprocess.run([sys.executable, "tools/eval_perplexity.py", "--load", str(ckpt),
-                        "--input", args.bpb_input, "--results-path", str(res)], cwd=ROOT,
-                       env=_env(), check=True, capture_output=True)
-        out["val_bpb"] = json.loads(res.read_text())["bits_per_byte"]
-        out["bpb_method"] = f"eval_perplexity {args.bpb_input}"
-    if args.eval_tasks:
-        res = run_dir / "lm_eval.json"
+                        "--input", args.bpb_input, "--results-path", str(run_dir / "bpb.json")],
+                       cwd=ROOT, env=_env(), check=True, capture_output=True, text=True)
+    if args.eval_tasks and not (skip_done and _have_lm_eval(run_dir, args)):
+        print(f"[ablate] {run_dir.name}: lm-eval {args.eval_tasks} on {ckpt}", flush=True)
         cmd = [sys.executable, "tasks/eval_harness/evaluate.py", "--load", str(ckpt),
-               "--tasks", args.eval_tasks, "--results-path", str(res)]
+               "--tasks", args.eval_tasks, "--results-path", str(run_dir / "lm_eval.json")]
         if args.eval_include_path:
             cmd += ["--include-path", args.eval_include_path]
         if args.eval_limit:
             cmd += ["--limit", str(args.eval_limit)]
-        subprocess.run(cmd, cwd=ROOT, env=_env(), check=True, capture_output=True)
-        for task, metrics in json.loads(res.read_text())["results"].items():
+        subprocess.run(cmd, cwd=ROOT, env=_env(), check=True, capture_output=True, text=True)
+
+
+def read_post_eval(run_dir: Path) -> dict:
+    """Columns from OUTPUT/<run>/bpb.json (val_bpb measured on held-out text, which replaces
+    the estimate from validation loss) and lm_eval.json (one `task/metric` column each)."""
+    out = {}
+    if (run_dir / "bpb.json").exists():
+        res = json.loads((run_dir / "bpb.json").read_text())
+        out["val_bpb"] = res["bits_per_byte"]
+        out["bpb_method"] = f"eval_perplexity {res.get('input', '')}".strip()
+    if (run_dir / "lm_eval.json").exists():
+        for task, metrics in json.loads((run_dir / "lm_eval.json").read_text())["results"].items():
             for k, v in metrics.items():
                 if isinstance(v, (int, float)) and "stderr" not in k:
                     out[f"{task}/{k.split(',')[0]}"] = v
     return out
+
+
+def _tail(e: subprocess.CalledProcessError) -> str:
+    return " ".join((e.stderr or str(e))[-300:].split())
 
 
 def read_logs(run_dir: Path) -> str:
@@ -215,8 +246,15 @@ def collect(plan, run_dir: Path, extra: dict, tpb) -> tuple[dict, dict]:
     if tpb is not None and math.isfinite(row["val_loss"]):
         row["val_bpb"] = bpb_from_loss(row["val_loss"], tpb[0])
         row["bpb_method"] = "val_loss x tokens/byte"
+    row.update(read_post_eval(run_dir))
     row.update(extra)
     return row, curves
+
+
+def run_done(plan, run_dir: Path) -> bool:
+    """The run's logs reach its last step (training finished)."""
+    train = parse_log(read_logs(run_dir))["train"]
+    return bool(train) and train[-1][0] == plan.steps
 
 
 def write_table(rows, out: Path):
@@ -347,13 +385,22 @@ def main(argv=None) -> int:
         run_dir = out / p.name
         run_dir.mkdir(parents=True, exist_ok=True)
         extra = {}
+        evaluate = bool(args.bpb_input or args.eval_tasks)
+        if args.collect_only and evaluate and run_done(p, run_dir):
+            try:  # e.g. SLURM runs: evaluate the final checkpoints here, once
+                post_eval(run_dir, args, skip_done=True)
+            except subprocess.CalledProcessError as e:
+                extra["status"] = f"eval failed: {_tail(e)}"
+                failed = True
         if not args.collect_only:
+            for stale in ("bpb.json", "lm_eval.json"):  # scores of an earlier run's checkpoint
+                (run_dir / stale).unlink(missing_ok=True)
             extra = run_local(p, run_dir, run_flags(p, run_dir, args), args)
-            if extra["status"] == "ok" and (args.bpb_input or args.eval_tasks):
+            if extra["status"] == "ok" and evaluate:
                 try:
-                    extra.update(post_eval(run_dir, args))
+                    post_eval(run_dir, args)
                 except subprocess.CalledProcessError as e:
-                    extra["status"] = f"eval failed: {e.stderr[-300:] if e.stderr else e}"
+                    extra["status"] = f"eval failed: {_tail(e)}"
             if extra["status"] != "ok":
                 failed = True
                 print(f"[ablate] {p.name}: {extra['status']} (log {run_dir / 'train.log'})")

@@ -23,7 +23,8 @@ MOCK = ["--mock-data", "--tokenizer-type", "NullTokenizer", "--vocab-size", "500
 def test_tiny_fixed_flop_grid_runs_end_to_end(tiny_data, tmp_path):
     """learned+gelu vs rotary+swiglu vs ALiBi+gelu at 3e9 FLOPs each on real text: every run's
     realised budget within 2% of the target (and of each other), finite validation loss and
-    BPB, results.csv/.md, both plots and per-run logs; the CSV feeds tools/scaling_fit.py."""
+    BPB, results.csv/.md, both plots and per-run logs; the CSV feeds tools/scaling_fit.py.
+    Then held-out BPB and lm-eval scores of a final checkpoint in the table."""
     grid = {"base": TINY + ["--data-path", tiny_data["prefix"], "--split", "90,9,1",
                             "--tokenizer-type", "SentencePieceTokenizer",
                             "--tokenizer-model", tiny_data["spm"],
@@ -63,6 +64,41 @@ def test_tiny_fixed_flop_grid_runs_end_to_end(tiny_data, tmp_path):
     fit = run([sys.executable, "tools/scaling_fit.py", "--input", str(out_dir / "results.csv"),
                "--form", "n", "--bootstrap", "5"])
     assert "3 runs" in fit.stdout
+
+    # Scores of the final checkpoints, as after SLURM jobs: --collect-only with --bpb-input
+    # (tools/eval_perplexity.py on held-out text) and --eval-tasks (lm-eval, the shipped tiny
+    # tasks) on one run of the grid (a grid file naming that variant), then a plain
+    # --collect-only of the whole grid keeps its scores.
+    one = dict(grid, variants={"rope_swiglu": grid["variants"]["rope_swiglu"]})
+    (tmp_path / "one.json").write_text(json.dumps(one))
+    heldout = "tests/fixtures/eval_tasks/tiny_ppl.jsonl"
+    out = run([sys.executable, "tools/ablate.py", "--grid", str(tmp_path / "one.json"),
+               "--output", str(out_dir), "--collect-only", "--bpb-input", heldout,
+               "--eval-tasks", "tiny_mc,tiny_ppl", "--eval-include-path", "tests/fixtures/eval_tasks",
+               "--eval-limit", "4"], timeout=300)
+    assert "rope_swiglu: lm-eval tiny_mc,tiny_ppl" in out.stdout
+    scored = ["tiny_mc/acc", "tiny_mc/acc_norm", "tiny_ppl/bits_per_byte",
+              "tiny_ppl/word_perplexity"]
+    row, = csv.DictReader(open(out_dir / "results.csv"))
+    assert row["run"] == "rope_swiglu" and row["status"] == "collected", row
+    assert row["bpb_method"] == f"eval_perplexity {heldout}"
+    bpb = json.loads((out_dir / "rope_swiglu" / "bpb.json").read_text())
+    assert float(row["val_bpb"]) == pytest.approx(bpb["bits_per_byte"]) and bpb["documents"] == 3
+    for col in scored + ["val_bpb"]:
+        assert math.isfinite(float(row[col])) and float(row[col]) > 0, col
+    assert 0 <= float(row["tiny_mc/acc"]) <= 1
+    header, _, values = (out_dir / "results.md").read_text().splitlines()
+    cells = dict(zip(header.strip("| ").split(" | "), values.strip("| ").split(" | ")))
+    for col in scored + ["val_bpb"]:
+        assert math.isfinite(float(cells[col])), (col, cells)
+    out = run([sys.executable, "tools/ablate.py", "--grid", str(spec), "--output", str(out_dir),
+               "--collect-only"])
+    assert "lm-eval" not in out.stdout  # nothing evaluated again
+    again = {r["run"]: r for r in csv.DictReader(open(out_dir / "results.csv"))}
+    assert list(again) == ["learned_gelu", "rope_swiglu", "alibi_gelu"]
+    assert {c: again["rope_swiglu"][c] for c in scored} == {c: row[c] for c in scored}
+    assert again["learned_gelu"]["bpb_method"] == "val_loss x tokens/byte"
+    assert again["learned_gelu"]["tiny_mc/acc"] == ""
 
 
 def test_budget_that_rounds_badly_is_refused(tmp_path):
