@@ -29,7 +29,9 @@ lm_eval.json; --collect-only with --bpb-input/--eval-tasks scores the finished r
 them (e.g. after SLURM jobs), and any later --collect-only puts them in the table again.
 
 Output: OUTPUT/plan.json, OUTPUT/<run>/{train.log, checkpoints/, ...}, OUTPUT/results.csv,
-OUTPUT/results.md, OUTPUT/loss_vs_tokens.png, OUTPUT/final_scores.png.
+OUTPUT/results.md, OUTPUT/loss_vs_tokens.png, OUTPUT/final_scores.png; with --launcher slurm
+OUTPUT/<run>/job.sbatch, and with --submit OUTPUT/<run>/job_id (the job's logs:
+OUTPUT/<run>/abl-<run>-<job id>-run<restart>.log).
 results.csv is the input format of tools/scaling_fit.py (n_params, n_params_non_embedding,
 tokens, val_loss).
 """
@@ -367,7 +369,11 @@ def main(argv=None) -> int:
                                partition=args.slurm_partition, extra=args.slurm_extra)
             print(f"[ablate] wrote {job}")
             if args.submit:
-                subprocess.run(["sbatch", str(job)], cwd=ROOT, check=True)
+                sub = subprocess.run(["sbatch", "--parsable", str(job)], cwd=ROOT, check=True,
+                                     capture_output=True, text=True)
+                job_id = sub.stdout.strip().split(";")[0]
+                (run_dir / "job_id").write_text(job_id + "\n")
+                print(f"[ablate] submitted {p.name}: job {job_id}", flush=True)
         print(f"[ablate] when the jobs are done: python tools/ablate.py ... --output {out} "
               f"--collect-only")
         return 0
