@@ -39,6 +39,8 @@ class _SuggestingParser(argparse.ArgumentParser):
 
     def parse_args(self, args=None, namespace=None):
         ns, unknown = self.parse_known_args(args, namespace)
+        if getattr(ns, "swiglu", False) and ns.glu_activation not in (None, "swiglu"):
+            self.error(f"--swiglu contradicts --glu-activation {ns.glu_activation}: give one")
         flags = [u for u in unknown if u.startswith("-")]
         if unknown:
             known = [o for a in self._actions for o in a.option_strings]
@@ -63,7 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add("--num-layers", type=int, default=2, help="Number of transformer layers.")
     m.add("--hidden-size", type=int, default=64, help="Transformer hidden size.")
     m.add("--ffn-hidden-size", type=int, default=None,
-          help="MLP hidden size (default 4 x hidden, or 8/3 x hidden rounded to 64 with GLU).")
+          help="MLP hidden size after the activation (default 4 x hidden, also with "
+               "--glu-activation, whose first projection then has 2 x this many outputs, as in "
+               "Megatron-DeepSpeed; with --swiglu, Megatron-LM's int(4 x hidden x 2/3 / 64) x "
+               "64).")
     m.add("--num-attention-heads", type=int, default=4, help="Number of attention heads.")
     m.add("--seq-length", type=int, default=128, help="Sequence length of training samples.")
     m.add("--max-position-embeddings", type=int, default=None,
@@ -83,9 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     m.add("--openai-gelu", action="store_const", const="gelu_tanh", dest="activation",
           default="gelu", help="Use the tanh approximation of GeLU (GPT-2's).")
     m.add("--glu-activation", default=None, choices=["geglu", "swiglu", "reglu", "liglu"],
-          help="Gated linear unit MLP activation.")
-    m.add("--swiglu", action="store_const", const="swiglu", dest="glu_activation",
-          help="Same as --glu-activation swiglu (Megatron-LM's flag).")
+          help="Gated linear unit MLP activation (Megatron-DeepSpeed's flag): the first "
+               "projection outputs 2 x --ffn-hidden-size (gate and up; default FFN size 4 x "
+               "hidden, as without GLU).")
+    m.add("--swiglu", action="store_true",
+          help="Megatron-LM's flag: --glu-activation swiglu, and without --ffn-hidden-size the "
+               "FFN size is Megatron-LM's int(4 x hidden x 2/3 / 64) x 64 (about the parameters "
+               "of a 4 x hidden GeLU MLP) instead of 4 x hidden.")
     m.add("--normalization", default="LayerNorm", choices=["LayerNorm", "RMSNorm"],
           help="Normalisation layer (computed in fp32).")
     m.add("--layernorm-epsilon", type=float, default=1e-5, help="Epsilon of the norms.")
@@ -318,6 +327,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def megatron_lm_swiglu_ffn_size(hidden_size: int) -> int:
+    """Megatron-LM's default FFN size for --swiglu (NVIDIA/Megatron-LM,
+    megatron/training/arguments.py: `args.ffn_hidden_size = int((4 * args.hidden_size * 2 / 3)
+    / 64) * 64`): 8/3 h rounded down to a multiple of 64."""
+    return int((4 * hidden_size * 2 / 3) / 64) * 64
+
+
 def config_from_args(ns: argparse.Namespace) -> Config:
     groups: dict[str, dict] = {}
     for dest, value in vars(ns).items():
@@ -326,6 +342,11 @@ def config_from_args(ns: argparse.Namespace) -> Config:
         if isinstance(value, list):
             value = tuple(value)
         groups.setdefault(_GROUP_OF[dest], {})[dest] = value
+    model = groups["model"]
+    if model.pop("swiglu"):  # Megatron-LM's flag and its FFN size (--ffn-hidden-size wins)
+        model["glu_activation"] = "swiglu"
+        if model["ffn_hidden_size"] is None:
+            model["ffn_hidden_size"] = megatron_lm_swiglu_ffn_size(model["hidden_size"])
     groups["model"]["position_embedding_type"] = POSITION_EMBEDDING_ALIASES.get(
         groups["model"]["position_embedding_type"], groups["model"]["position_embedding_type"])
     tok = groups["data"]["tokenizer_type"]

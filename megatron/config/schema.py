@@ -18,7 +18,10 @@ class ModelConfig:
     num_layers: int = 2
     hidden_size: int = 64
     num_attention_heads: int = 4
-    ffn_hidden_size: Optional[int] = None  # None: 4h, or 8/3 h rounded to 64 for GLU activations
+    # MLP width after the activation (fc2's input). None: 4h, with a GLU too: fc1 then has
+    # 2 x ffn outputs (gate and up), as in Megatron-DeepSpeed. --swiglu (Megatron-LM's flag) sets
+    # it to Megatron-LM's 8/3 h rounded down to 64 (see cli.py, megatron_lm_swiglu_ffn_size).
+    ffn_hidden_size: Optional[int] = None
     seq_length: int = 128
     max_position_embeddings: Optional[int] = None  # None: seq_length
     vocab_size: int = 0  # padded vocabulary size; set from the tokenizer at start-up
@@ -50,10 +53,13 @@ class ModelConfig:
 
     @property
     def ffn_size(self) -> int:
-        if self.ffn_hidden_size:
+        """Megatron-DeepSpeed's rule, GLU or not (bigscience-workshop/Megatron-DeepSpeed,
+        megatron/arguments.py: `if args.ffn_hidden_size is None: args.ffn_hidden_size = 4 *
+        args.hidden_size`; megatron/model/transformer.py, ParallelMLP: dense_h_to_4h outputs
+        `2 * args.ffn_hidden_size if args.glu_activation else args.ffn_hidden_size`), so a
+        BigScience argument list with --glu-activation builds the same shapes here."""
+        if self.ffn_hidden_size is not None:
             return self.ffn_hidden_size
-        if self.glu_activation:
-            return 64 * ((8 * self.hidden_size // 3 + 63) // 64)
         return 4 * self.hidden_size
 
     @property

@@ -110,6 +110,10 @@ def check_model_shape(cfg: Config) -> None:
     if m.num_attention_heads % tp:
         raise ConfigError(f"--num-attention-heads {m.num_attention_heads} is not divisible by "
                           f"--tensor-model-parallel-size {tp}")
+    if m.ffn_size < 1:
+        raise ConfigError(f"FFN size {m.ffn_size} (--ffn-hidden-size, or --swiglu's "
+                          f"int(4 x --hidden-size {m.hidden_size} x 2/3 / 64) x 64) must be "
+                          f"positive: give --ffn-hidden-size")
     if m.ffn_size % tp:
         raise ConfigError(f"MLP size {m.ffn_size} (--ffn-hidden-size) is not divisible by "
                           f"--tensor-model-parallel-size {tp}")

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import subprocess
 import sys
@@ -57,6 +58,53 @@ def test_position_embedding_aliases(flag, value):
 def test_swiglu_and_openai_gelu_shortcuts():
     cfg = parse_config(["--swiglu", "--openai-gelu"])
     assert cfg.model.glu_activation == "swiglu" and cfg.model.activation == "gelu_tanh"
+
+
+@pytest.mark.parametrize("glu", ["geglu", "swiglu", "reglu", "liglu"])
+def test_glu_ffn_size_is_megatron_deepspeeds(glu):
+    """--glu-activation keeps FFN 4h (fc1 outputs 2 x 4h), as Megatron-DeepSpeed's
+    arguments.py and ParallelMLP do, so BigScience argument lists build the same model."""
+    m = parse_config(["--hidden-size", "128", "--glu-activation", glu]).model
+    assert (m.glu_activation, m.ffn_hidden_size, m.ffn_size) == (glu, None, 512)
+    m = parse_config(["--hidden-size", "128", "--glu-activation", glu,
+                      "--ffn-hidden-size", "320"]).model
+    assert m.ffn_size == 320
+
+
+@pytest.mark.parametrize("hidden,ffn", [(128, 320), (1024, 2688), (4096, 10880), (96, 256)])
+def test_swiglu_ffn_size_is_megatron_lms(hidden, ffn):
+    """--swiglu: Megatron-LM's int((4h x 2/3) / 64) x 64, rounded down (128 -> 341.3 -> 320)."""
+    m = parse_config(["--hidden-size", str(hidden), "--num-attention-heads", "4",
+                      "--swiglu"]).model
+    assert (m.glu_activation, m.ffn_hidden_size, m.ffn_size) == ("swiglu", ffn, ffn)
+    m = parse_config(["--hidden-size", str(hidden), "--swiglu", "--ffn-hidden-size", "200"]).model
+    assert m.ffn_size == 200  # an explicit size wins
+    assert parse_config(["--swiglu", "--glu-activation", "swiglu"]).model.glu_activation == \
+        "swiglu"
+
+
+def test_swiglu_contradictions_and_empty_ffn(capsys):
+    with pytest.raises(SystemExit):
+        parse_config(["--swiglu", "--glu-activation", "geglu"])
+    assert "--swiglu contradicts --glu-activation geglu" in capsys.readouterr().err
+    # Megatron-LM's rule gives 0 below hidden 24
+    msg = _error(TRAIN + ["--hidden-size", "16", "--swiglu"])
+    assert "FFN size 0" in msg and "--hidden-size 16" in msg and "--ffn-hidden-size" in msg
+
+
+def test_glu_mlp_shapes(tp1_layout):
+    """fc1 has 2 x ffn outputs with a GLU, fc2 has ffn inputs; count_parameters agrees."""
+    from megatron.model.gpt import GPTModel
+    from megatron.trainer.metrics import count_parameters
+    for argv, ffn in ((["--glu-activation", "swiglu"], 512), (["--swiglu"], 320), ([], 512)):
+        m = parse_config(["--hidden-size", "128", "--num-layers", "1", *argv]).model
+        m = dataclasses.replace(m, vocab_size=128)
+        model = GPTModel(m)
+        shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+        fc1 = next(v for n, v in shapes.items() if n.endswith("fc1.weight"))
+        fc2 = next(v for n, v in shapes.items() if n.endswith("fc2.weight"))
+        assert fc1 == ((2 if argv else 1) * ffn, 128) and fc2 == (128, ffn), (argv, shapes)
+        assert count_parameters(m) == sum(p.numel() for p in model.parameters())
 
 
 def test_unknown_flag_suggests_closest(capsys):
