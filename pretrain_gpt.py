@@ -10,7 +10,8 @@ import sys
 import torch
 
 from megatron.config.cli import parse_config
-from megatron.config.validate import ConfigError, global_batch_size, validate_config
+from megatron.config.validate import ConfigError, global_batch_size, no_effect_warning, \
+    validate_config
 from megatron.data.gpt_datasets import SplitSizes, build_datasets, make_loader
 from megatron.data.tokenizers import build_tokenizer, padded_vocab_size
 from megatron.parallel.launch import resolve_launch_env
@@ -57,6 +58,9 @@ def resume(engine, cfg, layout) -> ckpt.Progress:
 def main(argv=None) -> Trainer:
     cfg = parse_config(argv)
     launch = resolve_launch_env()
+    warning = no_effect_warning(cfg)
+    if warning and launch.rank == 0:
+        print(f"pretrain_gpt.py: warning: {warning}", file=sys.stderr, flush=True)
     if cfg.training.dry_run:  # plan only: no process group, no weights
         from megatron.trainer.dry_run import dry_run, vocab_for_dry_run
         sys.exit(dry_run(cfg, launch.world_size if launch.world_size > 1 else None,

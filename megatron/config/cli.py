@@ -15,6 +15,10 @@ from megatron.config.schema import Config
 
 # dest -> config group; filled by _Flags.add
 _GROUP_OF: dict[str, str] = {}
+# dest -> flag, for flags accepted only so that Megatron-DeepSpeed argument lists parse: they
+# change nothing here, and start-up warns about each one given (validate.no_effect_warning).
+# Their defaults are None/False, so a value other than that means the user set it.
+NO_EFFECT_FLAGS: dict[str, str] = {}
 
 POSITION_EMBEDDING_ALIASES = {"absolute": "learned_absolute", "learned": "learned_absolute",
                               "rotary": "rope"}
@@ -28,9 +32,12 @@ class _Flags:
         self._arg_group = parser.add_argument_group(title)
         self._group = group
 
-    def add(self, *names, **kwargs):
+    def add(self, *names, no_effect: bool = False, **kwargs):
         action = self._arg_group.add_argument(*names, **kwargs)
         _GROUP_OF[action.dest] = self._group
+        if no_effect:
+            assert action.default in (None, False), action.dest
+            NO_EFFECT_FLAGS[action.dest] = action.option_strings[0]
         return action
 
 
@@ -165,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
           help="Prefix-LM: no loss on the prefix (only on the targets after the split); "
                "needs --prefix-lm.")
     d.add("--num-workers", type=int, default=0, help="Data-loader worker processes.")
-    d.add("--valid-num-workers", type=int, default=None,
+    d.add("--valid-num-workers", type=int, default=None, no_effect=True,
           help="Accepted for compatibility; no effect on results (validation uses "
                "--num-workers).")
     d.add("--data-impl", default="mmap", choices=["mmap", "infer"],
@@ -268,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
           help="DeepSpeed JSON (ZeRO, optimizer dtype settings); batch sizes must match flags.")
     t.add("--zero-stage", type=int, default=None, choices=[0, 1, 2, 3],
           help="ZeRO stage (overrides the DeepSpeed config's).")
-    t.add("--deepspeed-activation-checkpointing", action="store_true",
+    t.add("--deepspeed-activation-checkpointing", action="store_true", no_effect=True,
           help="Accepted for compatibility: --checkpoint-activations recomputes each layer "
                "(same results as DeepSpeed's checkpointing); no effect on its own.")
     t.add("--partition-activations", action="store_true",
@@ -278,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
           help="--load is a layout-independent checkpoint (tools/checkpoint_to_universal.py): "
                "resume with its weights, fp32 master weights and Adam moments at this run's "
                "TP/PP/DP sizes.")
-    t.add("--abort-on-unmet-fused-kernel-constraints", action="store_true",
+    t.add("--abort-on-unmet-fused-kernel-constraints", action="store_true", no_effect=True,
           help="Accepted for compatibility; no effect (there is no fused-softmax fallback "
                "path here: attention kernels are chosen by --attention-kernel).")
     t.add("--dry-run", action="store_true",
@@ -304,25 +311,25 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add("--log-per-layer-grad-norm", action="store_true",
            help="Each --log-interval, the gradient norm of every block (embedding, each layer, "
                 "head) to TensorBoard, the largest in the log line (PP 1).")
-    lg.add("--log-level", default=None,
+    lg.add("--log-level", default=None, no_effect=True,
            choices=["debug", "info", "warning", "error", "critical", "passive"],
            help="Accepted for compatibility (Megatron-DeepSpeed's logger verbosity); no effect "
                 "on training.")
-    lg.add("--log-level-replica", default=None,
+    lg.add("--log-level-replica", default=None, no_effect=True,
            choices=["debug", "info", "warning", "error", "critical", "passive"],
            help="Accepted for compatibility (verbosity of non-zero ranks); no effect on "
                 "training.")
-    lg.add("--tensorboard-queue-size", type=int, default=1000,
+    lg.add("--tensorboard-queue-size", type=int, default=None, no_effect=True,
            help="Accepted for compatibility (TensorBoard writer queue); no effect on training.")
     lg.add("--log-timers-to-tensorboard", action="store_true",
            help="Split each logged step's time into data, forward, backward and optimizer "
                 "(pipeline: one 'pipeline step') in the log line and TensorBoard; on GPUs each "
                 "phase synchronises, so steps get slightly slower.")
-    lg.add("--log-batch-size-to-tensorboard", action="store_true",
+    lg.add("--log-batch-size-to-tensorboard", action="store_true", no_effect=True,
            help="Accepted for compatibility; the global batch size is always logged.")
-    lg.add("--log-validation-ppl-to-tensorboard", action="store_true",
+    lg.add("--log-validation-ppl-to-tensorboard", action="store_true", no_effect=True,
            help="Accepted for compatibility; validation perplexity is always logged.")
-    lg.add("--codecarbon-dir", default=None,
+    lg.add("--codecarbon-dir", default=None, no_effect=True,
            help="Accepted for compatibility (emissions tracking); no effect, nothing written.")
     return p
 

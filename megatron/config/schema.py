@@ -188,7 +188,7 @@ class LoggingConfig:
     # accepted for compatibility, no effect on training:
     log_level: Optional[str] = None
     log_level_replica: Optional[str] = None
-    tensorboard_queue_size: int = 1000
+    tensorboard_queue_size: Optional[int] = None
     log_timers_to_tensorboard: bool = False
     log_batch_size_to_tensorboard: bool = False
     log_validation_ppl_to_tensorboard: bool = False

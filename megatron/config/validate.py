@@ -31,6 +31,23 @@ def check_not_implemented(cfg: Config) -> None:
                               f"remove the flag to run")
 
 
+def no_effect_warning(cfg: Config) -> Optional[str]:
+    """One warning naming every flag the user set that is accepted only for compatibility
+    (cli.NO_EFFECT_FLAGS), or None."""
+    from megatron.config.cli import _GROUP_OF, NO_EFFECT_FLAGS, build_parser
+    if not NO_EFFECT_FLAGS:  # filled while the parser is built
+        build_parser()
+    given = []
+    for dest, flag in NO_EFFECT_FLAGS.items():
+        value = getattr(getattr(cfg, _GROUP_OF[dest]), dest)
+        if value not in (None, False):
+            given.append(flag if value is True else f"{flag} {value}")
+    if not given:
+        return None
+    return (f"{', '.join(given)}: accepted for Megatron-DeepSpeed compatibility, has no effect "
+            f"here (see docs/cli.md)")
+
+
 def parse_iteration_ranges(ranges) -> list[tuple[int, int]]:
     """("10-20", "35-35") -> [(10, 20), (35, 35)]; inclusive, 1-based iterations."""
     out = []

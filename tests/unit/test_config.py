@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 
@@ -133,6 +134,45 @@ def test_cli_reference_in_sync():
     out = subprocess.run([sys.executable, "tools/gen_cli_reference.py", "--check"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+NO_EFFECT_ARGV = ["--codecarbon-dir", "cc", "--log-level", "info", "--log-level-replica", "error",
+                  "--tensorboard-queue-size", "5", "--valid-num-workers", "2",
+                  "--deepspeed-activation-checkpointing",
+                  "--abort-on-unmet-fused-kernel-constraints", "--log-batch-size-to-tensorboard",
+                  "--log-validation-ppl-to-tensorboard"]
+
+
+def test_no_effect_flags_are_named_in_one_warning():
+    from megatron.config.validate import no_effect_warning
+    assert no_effect_warning(parse_config(TRAIN)) is None  # none given: no warning
+    msg = no_effect_warning(parse_config(TRAIN + NO_EFFECT_ARGV))
+    flags = [a for a in NO_EFFECT_ARGV if a.startswith("--")]
+    for flag in flags:
+        assert flag in msg, flag
+    assert "--codecarbon-dir cc" in msg and "--tensorboard-queue-size 5" in msg
+    assert msg.endswith("accepted for Megatron-DeepSpeed compatibility, has no effect here "
+                        "(see docs/cli.md)")
+    # every flag whose help says it is accepted for compatibility with no effect is covered
+    said = {o for a in build_parser()._actions for o in a.option_strings[:1]
+            if a.help.startswith("Accepted for compatibility")}
+    assert said == set(flags)
+    only = no_effect_warning(parse_config(TRAIN + ["--log-level", "info"]))
+    assert only.startswith("--log-level info: ") and "--codecarbon-dir" not in only
+
+
+@pytest.mark.parametrize("rank,warned", [("0", True), ("1", False)])
+def test_pretrain_cli_warns_about_no_effect_flags_on_rank_0(rank, warned):
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
+    env.update(RANK=rank, WORLD_SIZE="2")
+    out = subprocess.run([sys.executable, "pretrain_gpt.py", "--mock-data", "--train-iters", "1",
+                          "--dry-run", "--codecarbon-dir", "cc", "--log-level", "info"],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    warning = ("pretrain_gpt.py: warning: --log-level info, --codecarbon-dir cc: accepted for "
+               "Megatron-DeepSpeed compatibility, has no effect here")
+    assert (warning in out.stderr) == warned, out.stderr[-2000:]
+    assert out.stderr.count("has no effect here") == int(warned)
 
 
 def test_config_round_trips_through_dict():
