@@ -17,6 +17,10 @@ Input: CSV with one row per run; columns picked by --n-column (default n_params)
 (use --n-column n_params_non_embedding for Kaplan's non-embedding N). Rows whose status is not
 ok/collected or whose loss is not finite are skipped.
 Output: a summary on stdout, OUTPUT_DIR/fit.json and OUTPUT_DIR/scaling_fit.png.
+Warnings (stderr, fit.json's "warnings" and the plot): a negative fitted exponent, an exponent
+whose interval contains 0, L(N)/L(D) on runs where N and D are anti-correlated (e.g. all at one
+FLOP budget, an IsoFLOP profile), a joint coefficient at the bound of its search range, N and D
+varying together (megatron/eval/scaling.py:diagnose).
 """
 from __future__ import annotations
 
@@ -29,11 +33,12 @@ sys.path.insert(0, str(ROOT))
 import csv  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
+import textwrap  # noqa: E402
 
 import numpy as np  # noqa: E402
 
 from megatron.config.tool_args import tool_parser  # noqa: E402
-from megatron.eval.scaling import (CHINCHILLA, fit_joint, fit_power,  # noqa: E402
+from megatron.eval.scaling import (CHINCHILLA, diagnose, fit_joint, fit_power,  # noqa: E402
                                    synthetic_runs)
 
 
@@ -90,7 +95,7 @@ def main(argv=None) -> int:
     print(f"{len(n)} runs: N {n.min():.3g}..{n.max():.3g}, D {d.min():.3g}..{d.max():.3g}, "
           f"loss {loss.min():.4g}..{loss.max():.4g}")
     result = {"n_runs": len(n), "level": args.level}
-    fits = {}
+    fits, warnings = {}, []
     forms = ["n", "d", "joint"] if args.form == "all" else [args.form]
     for form in forms:
         x = n if form == "n" else d
@@ -105,6 +110,7 @@ def main(argv=None) -> int:
                   f"{f.exponent:.4f}{_ci(f.ci, 'exponent')}, {form.upper()}_c = "
                   f"{f.x_c:.4g}{_ci(f.ci, 'x_c')}")
             result[f"L({form.upper()})"] = {"exponent": f.exponent, "x_c": f.x_c, "ci": f.ci}
+            warnings += diagnose(form, f, n, d)
         else:
             if len(n) < 5 or len(set(n.tolist())) < 2 or len(set(d.tolist())) < 2:
                 print("L(N, D): skipped (needs >= 5 runs varying both N and D)")
@@ -115,6 +121,7 @@ def main(argv=None) -> int:
                 f"{k} = {v:.4g}{_ci(f.ci, k)}" for k, v in f.params.items()))
             result["L(N,D)"] = {"params": f.params,
                                 "ci": {k: v for k, v in f.ci.items() if k != "level"}}
+            warnings += diagnose("joint", f, n, d)
             opt = []
             for C in args.budget:
                 o = f.compute_optimal(C)
@@ -126,15 +133,18 @@ def main(argv=None) -> int:
             result["compute_optimal"] = opt
     if args.budget and "joint" not in fits:
         print("compute-optimal N, D need the joint fit")
+    for w in warnings:
+        print(f"scaling_fit.py: warning: {w}", file=sys.stderr)
+    result["warnings"] = warnings
     if args.output_dir:
         args.output_dir.mkdir(parents=True, exist_ok=True)
         (args.output_dir / "fit.json").write_text(json.dumps(result, indent=2, default=float))
-        plot(n, d, loss, fits, args.budget, args.output_dir / "scaling_fit.png")
+        plot(n, d, loss, fits, args.budget, args.output_dir / "scaling_fit.png", warnings)
         print(f"wrote {args.output_dir / 'fit.json'} and {args.output_dir / 'scaling_fit.png'}")
     return 0
 
 
-def plot(n, d, loss, fits, budgets, out):
+def plot(n, d, loss, fits, budgets, out, warnings=()):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -166,7 +176,12 @@ def plot(n, d, loss, fits, budgets, out):
         ax.set_yscale("log")
         ax.set_ylabel("loss")
         ax.legend(fontsize=7) if k != "joint" else None
-    fig.tight_layout()
+    if warnings:  # in red under the panels
+        lines = textwrap.wrap("WARNING: " + " | ".join(warnings), int(fig.get_figwidth() * 21))
+        fig.text(0.01, 0.01, "\n".join(lines), color="red", fontsize=6, va="bottom")
+        fig.tight_layout(rect=(0, 0.02 + 0.028 * len(lines), 1, 1))
+    else:
+        fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 HUBER_DELTA = 1e-3
+# search ranges of the joint fit (a = log A, b = log B, e = log E), as L-BFGS-B bounds
+JOINT_BOUNDS = {"a": (-10, 60), "b": (-10, 60), "e": (-5, 5), "alpha": (1e-3, 3), "beta": (1e-3, 3)}
 
 # Hoffmann et al. 2022, approach 3 (their eq. 10): the published, rounded coefficients.
 CHINCHILLA = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
@@ -76,8 +78,7 @@ def _joint_objective(theta, x, y, logl, delta):
 def _minimise(theta0, x, y, logl, delta):
     from scipy.optimize import minimize
     res = minimize(_joint_objective, np.asarray(theta0, dtype=float), args=(x, y, logl, delta),
-                   jac=True, method="L-BFGS-B",
-                   bounds=[(-10, 60), (-10, 60), (-5, 5), (1e-3, 3), (1e-3, 3)],
+                   jac=True, method="L-BFGS-B", bounds=list(JOINT_BOUNDS.values()),
                    options={"ftol": 1e-15, "gtol": 1e-13, "maxiter": 5000})
     return res.fun, res.x
 
@@ -231,6 +232,79 @@ def _percentile_ci(values, level):
         return (math.nan, math.nan)
     lo = 100 * (1 - level) / 2
     return (float(np.percentile(values, lo)), float(np.percentile(values, 100 - lo)))
+
+
+# ---------------------------------------------------------------------------------------------
+# diagnostics
+
+def _same_compute(n, d) -> bool:
+    """All runs at one compute C = 6 N D (an IsoFLOP profile): log C spreads far less than log N."""
+    lc, ln = np.log(n) + np.log(d), np.log(n)
+    return len(set(ln.tolist())) > 1 and float(np.std(lc)) < 0.1 * float(np.std(ln)) \
+        and float(np.ptp(lc)) < math.log(1.25)
+
+
+def _log_corr(n, d) -> float:
+    ln, ld = np.log(n), np.log(d)
+    if np.ptp(ln) == 0 or np.ptp(ld) == 0:
+        return 0.0
+    return float(np.corrcoef(ln, ld)[0, 1])
+
+
+def diagnose(form: str, fit, n, d) -> list[str]:
+    """Why a fit should not be trusted, one sentence each (empty: nothing found).
+
+    form n / d (Kaplan's L(N) or L(D)): a negative exponent (loss rising with N or D); an
+    exponent whose bootstrap interval contains 0; the other variable anti-correlated with this
+    one (|corr(log N, log D)| > 0.8), in particular every run at the same compute C = 6 N D (an
+    IsoFLOP profile: loss vs N is a valley there, not a power law, and a larger N means fewer
+    tokens, so L(N) measures the trade-off, not the effect of size).
+    form joint: a coefficient at the bound of its search range (the data do not determine it),
+    N and D varying together (|corr| > 0.95: the N and D terms cannot be told apart), or fewer
+    than 3 distinct N or D values."""
+    n, d = np.asarray(n, dtype=float), np.asarray(d, dtype=float)
+    out = []
+    r = _log_corr(n, d)
+    if form in ("n", "d"):
+        X, Y = ("N", "D") if form == "n" else ("D", "N")
+        name = f"L({X})"
+        if fit.exponent <= 0:
+            out.append(f"{name}: the fitted exponent alpha_{X} = {fit.exponent:.4g} is negative "
+                       f"(loss rises with {X}): not a scaling law; the runs do not isolate {X}")
+        ci = fit.ci.get("exponent")
+        if ci and fit.exponent > 0 and math.isfinite(ci[0]) and ci[0] <= 0 <= ci[1]:
+            out.append(f"{name}: the {100 * fit.ci.get('level', 0.95):g}% interval of alpha_{X} "
+                       f"[{ci[0]:.4g}, {ci[1]:.4g}] contains 0: the data do not determine it")
+        if _same_compute(n, d):
+            out.append(f"{name}: every run has the same compute C = 6 N D (within "
+                       f"{100 * (math.exp(float(np.ptp(np.log(n) + np.log(d)))) - 1):.2g}%), so "
+                       f"a larger {X} means a smaller {Y} (corr(log N, log D) = {r:.2f}); on "
+                       f"one IsoFLOP profile loss vs {X} is a valley, not a power law. Fit L({X}) "
+                       f"to runs at one {Y} (or trained to convergence), or --form joint to "
+                       f"runs at several budgets")
+        elif r < -0.8:
+            out.append(f"{name}: N and D are anti-correlated across the runs (corr(log N, log D) "
+                       f"= {r:.2f}): L({X}) mixes the effect of {X} with that of fewer {Y}")
+    elif form == "joint":
+        theta = {"a": math.log(fit.A), "b": math.log(fit.B), "e": math.log(fit.E),
+                 "alpha": fit.alpha, "beta": fit.beta}
+        for k, v in theta.items():
+            lo, hi = JOINT_BOUNDS[k]
+            if min(abs(v - lo), abs(v - hi)) <= 1e-3 * max(1.0, abs(v)):
+                shown = {"a": "A", "b": "B", "e": "E"}.get(k, k)
+                value = fit.params[shown]
+                out.append(f"L(N, D): {shown} = {value:.4g} is at the bound of its search range "
+                           f"({k} in [{lo:g}, {hi:g}]): the data do not determine it (the fit "
+                           f"is ill-posed; its compute-optimal N, D are not meaningful)")
+        if abs(r) > 0.95:
+            out.append(f"L(N, D): N and D vary together (corr(log N, log D) = {r:.2f}"
+                       f"{', one compute budget' if _same_compute(n, d) else ''}): the N and D "
+                       f"terms cannot be told apart; add runs at other sizes or budgets")
+        few = [x for x, v in (("N", n), ("D", d)) if len(set(v.tolist())) < 3]
+        if few:
+            out.append(f"L(N, D): fewer than 3 distinct {' and '.join(few)} values: the "
+                       f"exponents are barely constrained")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

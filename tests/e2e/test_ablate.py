@@ -74,8 +74,8 @@ def test_tiny_fixed_flop_grid_runs_end_to_end(tiny_data, tmp_path):
     heldout = "tests/fixtures/eval_tasks/tiny_ppl.jsonl"
     out = run([sys.executable, "tools/ablate.py", "--grid", str(tmp_path / "one.json"),
                "--output", str(out_dir), "--collect-only", "--bpb-input", heldout,
-               "--eval-tasks", "tiny_mc,tiny_ppl", "--eval-include-path", "tests/fixtures/eval_tasks",
-               "--eval-limit", "4"], timeout=300)
+               "--eval-tasks", "tiny_mc,tiny_ppl", "--eval-include-path",
+               "tests/fixtures/eval_tasks", "--eval-limit", "4"], timeout=300)
     assert "rope_swiglu: lm-eval tiny_mc,tiny_ppl" in out.stdout
     scored = ["tiny_mc/acc", "tiny_mc/acc_norm", "tiny_ppl/bits_per_byte",
               "tiny_ppl/word_perplexity"]

@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from megatron.eval.scaling import (CHINCHILLA, compute_optimal, fit_joint, fit_power, joint_loss,
-                                   power_loss, synthetic_runs)
+from megatron.eval.scaling import (CHINCHILLA, compute_optimal, diagnose, fit_joint, fit_power,
+                                   joint_loss, power_loss, synthetic_runs)
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
 
@@ -97,3 +97,57 @@ def test_cli_reads_an_ablate_results_csv_and_predicts_allocation(tmp_path):
         compute_optimal(1e21, **CHINCHILLA)["N_opt"], rel=0.05)
     assert (tmp_path / "fit" / "scaling_fit.png").stat().st_size > 1000
     assert math.isfinite(res["L(N)"]["exponent"])
+    assert res["warnings"] == [] and "warning" not in out.stderr  # a well-posed grid
+
+
+def _write_runs(path, n, d, loss):
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["run", "status", "n_params", "tokens", "val_loss"])
+        for i, row in enumerate(zip(n, d, loss)):
+            w.writerow([f"r{i}", "ok", *row])
+
+
+def test_cli_warns_when_l_of_n_is_fitted_to_one_flop_budget(tmp_path):
+    """README's worked example: variants at one FLOP budget, so N and D are anti-correlated
+    (C = 6 N D fixed); past the compute-optimal size loss rises with N and the L(N) exponent is
+    negative. Both are warned about on stderr, in fit.json and on the plot; the fit still runs."""
+    C = 1e18  # Chinchilla's law puts N_opt near 8e7 here; these runs are all larger
+    n = np.logspace(8.3, 9.0, 5)
+    d = C / (6 * n)
+    _write_runs(tmp_path / "iso.csv", n, d, joint_loss(n, d, **CHINCHILLA))
+    out = subprocess.run([sys.executable, "tools/scaling_fit.py", "--input",
+                          str(tmp_path / "iso.csv"), "--form", "n", "--bootstrap", "20",
+                          "--output-dir", str(tmp_path / "fit")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    res = json.loads((tmp_path / "fit" / "fit.json").read_text())
+    assert res["L(N)"]["exponent"] < 0
+    warned = [line for line in out.stderr.splitlines()
+              if line.startswith("scaling_fit.py: warning:")]
+    assert len(warned) == 2 and warned == [f"scaling_fit.py: warning: {w}" for w in res["warnings"]]
+    negative, iso = res["warnings"]
+    assert "alpha_N = " in negative and "is negative" in negative
+    assert "same compute C = 6 N D" in iso and "corr(log N, log D) = -1.00" in iso
+    # below the optimum the exponent is positive, but the fit is as meaningless: still warned
+    small = np.logspace(6.5, 7.5, 5)
+    fit = fit_power(small, joint_loss(small, C / (6 * small), **CHINCHILLA))
+    assert fit.exponent > 0
+    assert ["same compute" in w for w in diagnose("n", fit, small, C / (6 * small))] == [True]
+
+
+def test_diagnose_joint_fit_ill_posed():
+    """One compute budget: N and D move together; loss that does not depend on D: beta runs to
+    the bound of its range. Healthy 49-run grid with noise: no warnings for any form."""
+    n = np.logspace(7, 9, 7)
+    d = 1e19 / (6 * n)
+    fit = fit_joint(n, d, joint_loss(n, d, **CHINCHILLA), max_starts=8)
+    assert any("vary together" in w and "one compute budget" in w
+               for w in diagnose("joint", fit, n, d))
+    n, d, _ = synthetic_runs(CHINCHILLA)
+    fit = fit_joint(n, d, 1.69 + 406.4 / n ** 0.34)
+    assert any("at the bound of its search range" in w for w in diagnose("joint", fit, n, d))
+    n, d, loss = synthetic_runs(CHINCHILLA, noise=0.005, seed=1)
+    assert diagnose("joint", fit_joint(n, d, loss, max_starts=8), n, d) == []
+    for form, x in (("n", n), ("d", d)):
+        assert diagnose(form, fit_power(x, loss, bootstrap=50), n, d) == []
