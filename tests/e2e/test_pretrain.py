@@ -2,7 +2,6 @@
 import json
 import math
 import re
-from pathlib import Path
 
 import pytest
 
@@ -276,3 +275,21 @@ def test_eval_harness_during_training_equals_the_standalone_evaluator(tiny_data,
     from tools.plot_logs import read_scalars
     logged = read_scalars(tb, "steps")["eval harness/tiny_ppl/bits_per_byte"]
     assert logged[0] == [6, 12]
+    # the config used goes to TensorBoard (text "config"), the same as next to the checkpoint
+    import ast
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from megatron.config.schema import Config
+    acc = EventAccumulator(str(tb), size_guidance={"tensors": 0})
+    acc.Reload()
+    events = acc.Tensors("config/text_summary")
+    assert len(events) == 1
+    text = events[0].tensor_proto.string_val[0].decode()
+    assert text.startswith("```\n{") and text.endswith("}\n```")
+    in_tb = Config.from_dict(ast.literal_eval(text.strip("`\n")))
+    saved = Config.from_dict(json.loads((ck / "global_step12" / "config.json").read_text()))
+    assert in_tb == saved
+    assert (in_tb.parallel.tensor_model_parallel_size, in_tb.training.train_iters,
+            in_tb.training.eval_harness_tasks) == (2, 12, "tiny_mc,tiny_ppl")
+    assert in_tb.model.vocab_size > 0 and in_tb.logging.tensorboard_dir == str(tb)
