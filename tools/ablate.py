@@ -67,7 +67,8 @@ def parse_args(argv):
     p = tool_parser(__doc__)
     p.add_argument("--output", required=True, type=Path, help="output directory")
     p.add_argument("--grid", help="JSON/YAML: {base: [...], variants: {name: [...]}, "
-                   "vary: [FLAG=v1,v2], budget: {flops|tokens|gpu_hours: X} or a list}")
+                   "vary: [FLAG=v1,v2 or {LABEL: [flags]}], budget: {flops|tokens|gpu_hours: X} "
+                   "or a list}")
     p.add_argument("--vary", action="append", default=[],
                    help="FLAG=v1,v2,... (cross product over all --vary); `default` leaves the "
                    "flag out, `on`/`off` toggle a switch")

@@ -61,15 +61,24 @@ def parse_budget(spec: dict) -> Budget:
     raise ValueError(f"budget needs one of flops, tokens or gpu_hours: {spec}")
 
 
-def vary_to_variants(vary: Sequence[str]) -> dict[str, list[str]]:
+def vary_to_variants(vary: Sequence) -> dict[str, list[str]]:
     """["position-embedding-type=learned_absolute,rope", "glu-activation=default,swiglu"] ->
     the cross product, {"learned_absolute_default": [...flags], ...}. A value `default` leaves
     the flag out (the base's or trainer's default); `on`/`off` add or leave out a switch;
-    `LABEL:VALUE` names the value in the variant name (e.g. `gelu:default`)."""
+    `LABEL:VALUE` names the value in the variant name (e.g. `gelu:default`). An axis may also be
+    a mapping (grid files) of labels to flag lists, for values that take several flags:
+    {"causal": [], "prefix": ["--prefix-lm", "--loss-on-targets-only"]}."""
     axes = []
     for item in vary:
-        if "=" not in item:
-            raise ValueError(f"--vary {item!r}: expected FLAG=v1,v2,...")
+        if isinstance(item, dict):
+            if not item:
+                raise ValueError("vary: an empty mapping")
+            axes.append([(None, (str(label), [str(f) for f in (flags or [])]))
+                         for label, flags in item.items()])
+            continue
+        if not isinstance(item, str) or "=" not in item:
+            raise ValueError(f"--vary {item!r}: expected FLAG=v1,v2,... (or, in a grid file, "
+                             f"a mapping LABEL: [flags])")
         flag, values = item.split("=", 1)
         flag = "--" + flag.lstrip("-")
         axes.append([(flag, v) for v in values.split(",") if v != ""])
@@ -77,6 +86,10 @@ def vary_to_variants(vary: Sequence[str]) -> dict[str, list[str]]:
     for combo in itertools.product(*axes):
         flags, name = [], []
         for flag, v in combo:
+            if flag is None:  # a mapping's LABEL: [flags]
+                name.append(v[0])
+                flags += v[1]
+                continue
             label, v = v.split(":", 1) if ":" in v else (None, v)
             if label:
                 if v == "off" or v == "default":

@@ -129,6 +129,27 @@ def test_tokens_and_gpu_hour_budgets_and_vary_cross_product(tmp_path):
     assert abs(plan[0]["realised_flops"] / 2.88e9 - 1) <= 0.02
 
 
+def test_grid_file_axis_of_flag_sets_causal_vs_prefix_lm(tmp_path):
+    """A `vary` axis given as a mapping LABEL: [flags] (several flags per value, e.g. prefix-LM
+    with loss on targets only) crosses with FLAG=v1,v2 axes; prefix-LM costs the same FLOPs per
+    token as causal, so both get the same steps."""
+    import yaml
+    spec = tmp_path / "grid.yaml"
+    spec.write_text(yaml.safe_dump({
+        "base": TINY + MOCK, "budget": {"flops": 3e9},
+        "vary": ["position-embedding-type=learned:learned_absolute,alibi",
+                 {"causal": [], "prefix": ["--prefix-lm", "--loss-on-targets-only"]}]}))
+    run([sys.executable, "tools/ablate.py", "--grid", str(spec), "--output", str(tmp_path / "p"),
+         "--launcher", "none"])
+    plan = {p["name"]: p for p in json.loads((tmp_path / "p" / "plan.json").read_text())}
+    assert set(plan) == {"learned_causal", "learned_prefix", "alibi_causal", "alibi_prefix"}
+    assert plan["alibi_prefix"]["flags"][-6:-2] == ["--position-embedding-type", "alibi",
+                                                    "--prefix-lm", "--loss-on-targets-only"]
+    assert "--prefix-lm" not in plan["alibi_causal"]["flags"]
+    for pos in ("learned", "alibi"):
+        assert plan[f"{pos}_prefix"]["steps"] == plan[f"{pos}_causal"]["steps"]
+
+
 def test_slurm_launcher_writes_one_sbatch_per_run_with_the_sized_flags(tmp_path):
     """--launcher slurm: OUTPUT/<run>/job.sbatch uses examples/slurm/common.sh (gpt3d_train),
     carries the #SBATCH options, and passes exactly the planned flags (checked by running the
