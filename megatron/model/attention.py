@@ -57,7 +57,7 @@ class SelfAttention(nn.Module):
         # activations (scores, probabilities, dropout mask) are recomputed in backward
         self.recompute_core = False
 
-    def forward(self, x, position_ids, prefix_lengths=None, document_ids=None):
+    def forward(self, x, position_ids, prefix_lengths=None, document_ids=None, block_mask=None):
         """x (B, T, H), position_ids (B, T) -> (B, T, H), replicated across TP ranks."""
         cfg = self.cfg
         B, T, _ = x.shape
@@ -71,9 +71,10 @@ class SelfAttention(nn.Module):
             y = self._attend_cached(q, k, v, position_ids, prefix_lengths, document_ids)
         elif self.recompute_core and self.training and torch.is_grad_enabled():
             y = checkpointed(self._attend, self.rng, q, k, v, position_ids, prefix_lengths,
-                             document_ids)  # (B, nh, T, hs)
+                             document_ids, block_mask)  # (B, nh, T, hs)
         else:
-            y = self._attend(q, k, v, position_ids, prefix_lengths, document_ids)  # (B, nh, T, hs)
+            y = self._attend(q, k, v, position_ids, prefix_lengths, document_ids,
+                             block_mask)  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim)
         out, _ = self.dense(y)  # (B, T, H), all-reduced over TP
         return out
@@ -91,20 +92,27 @@ class SelfAttention(nn.Module):
         scores = scores.masked_fill(dist < 0, float("-inf"))  # (B, nh, T, S)
         return torch.matmul(torch.softmax(scores, dim=-1).to(v.dtype), v)  # (B, nh, T, hs)
 
-    def _attend(self, q, k, v, position_ids, prefix_lengths, document_ids):
+    def kernel(self, device_type: str, prefix_lengths=None, document_ids=None) -> str:
+        """The attention kernel this layer uses for such a batch: "eager", "sdpa" or "flex"."""
+        return kernels.choose_kernel(
+            self.cfg.attention_kernel, device_type=device_type,
+            plain_causal=masks.is_plain_causal(prefix_lengths, document_ids),
+            has_alibi=self.alibi_slopes is not None,
+            dropout_active=self.training and self.cfg.attention_dropout > 0)
+
+    def _attend(self, q, k, v, position_ids, prefix_lengths, document_ids, block_mask=None):
         cfg = self.cfg
         p = cfg.attention_dropout if self.training else 0.0
         plain = masks.is_plain_causal(prefix_lengths, document_ids)
         has_alibi = self.alibi_slopes is not None
-        kernel = kernels.choose_kernel(cfg.attention_kernel, device_type=q.device.type,
-                                       plain_causal=plain, has_alibi=has_alibi,
-                                       dropout_active=p > 0)
+        kernel = self.kernel(q.device.type, prefix_lengths, document_ids)
         scale = 1.0 / math.sqrt(self.head_dim)
         T = q.shape[-2]
         if kernel == "flex":
             if p > 0:
                 raise ValueError("--attention-kernel flex does not support --attention-dropout > 0")
-            bm = masks.block_mask(T, q.device, prefix_lengths, document_ids)
+            bm = block_mask if block_mask is not None else masks.block_mask(
+                T, q.device, prefix_lengths, document_ids)
             return kernels.flex_attention(q, k, v, block_mask=bm, scale=scale,
                                           alibi_slopes=self.alibi_slopes, position_ids=position_ids)
         mask = None if plain else masks.dense_mask(T, q.device, prefix_lengths, document_ids)

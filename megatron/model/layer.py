@@ -22,10 +22,12 @@ class TransformerLayer(nn.Module):
             self.post_attention_norm = make_norm(cfg, dtype)
             self.post_mlp_norm = make_norm(cfg, dtype)
 
-    def forward(self, h, position_ids, prefix_lengths=None, document_ids=None):
-        """h (B, T, H) -> (B, T, H)."""
+    def forward(self, h, position_ids, prefix_lengths=None, document_ids=None, block_mask=None):
+        """h (B, T, H) -> (B, T, H). block_mask: the FlexAttention mask of these masks, when the
+        caller built it once for all layers (else attention builds its own if it needs one)."""
         cfg = self.cfg
-        attn = self.attention(self.input_norm(h), position_ids, prefix_lengths, document_ids)
+        attn = self.attention(self.input_norm(h), position_ids, prefix_lengths, document_ids,
+                              block_mask)
         if cfg.sandwich_layernorm:
             attn = self.post_attention_norm(attn)
         attn = self._dropout(attn)
