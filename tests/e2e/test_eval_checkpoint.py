@@ -159,6 +159,15 @@ def test_evaluate_cli_on_local_tasks_equals_by_hand_and_tp2(tp2_ckpt, tiny_data,
         assert res2[task][metric] == pytest.approx(res[task][metric], rel=1e-5)
     bad = run([sys.executable, *tasks[:4], "no_such_task"], env=OFFLINE, check=False)
     assert bad.returncode != 0 and "unknown task(s) ['no_such_task']" in bad.stderr
+    # lm-eval's own command line (megatron.eval.lm_eval_cli, the lm-eval-megatron script)
+    run([sys.executable, "-m", "megatron.eval.lm_eval_cli", "--model", "megatron-gpt",
+         "--model_args", f"load={tp2_ckpt}", "--batch_size", "4", "--tasks", "tiny_mc",
+         "--num_fewshot", "0", "--include_path", "tests/fixtures/eval_tasks",
+         "--output_path", str(tmp_path / "lm_eval_out")], env=OFFLINE)
+    [out] = list((tmp_path / "lm_eval_out").rglob("results_*.json"))
+    res3 = json.loads(out.read_text())["results"]
+    for metric in ("acc,none", "acc_norm,none"):
+        assert res3["tiny_mc"][metric] == pytest.approx(res["tiny_mc"][metric], rel=1e-6)
 
 
 def test_perplexity_and_generate_cli(tp2_ckpt, tiny_data, tp1_process, tmp_path):
