@@ -93,6 +93,7 @@ class ModelRunner:
         self.model, self.cfg, self.layout = model, cfg, layout
         self.device = layout.device
         self.dtype = next(model.parameters()).dtype  # of the hidden states between stages
+        self._in_call = False  # the driver is inside a model call (set until it returns)
         parallel = layout.tp * layout.pp > 1
         self.group = parallel_state.get_model_parallel_group() if parallel else None
         self.src = dist.get_global_rank(self.group, 0) if parallel else 0  # the driver
@@ -127,8 +128,12 @@ class ModelRunner:
         tokens = tokens.to(self.device, torch.int64)
         if position_ids is None:
             position_ids = torch.arange(tokens.shape[1], device=self.device).expand_as(tokens)
-        self._send(_FORWARD, tokens, position_ids.to(self.device, torch.int64))
-        return self._forward(tokens, position_ids)
+        position_ids = position_ids.to(self.device, torch.int64)
+        self._in_call = True
+        self._send(_FORWARD, tokens, position_ids)
+        logits = self._forward(tokens, position_ids)
+        self._in_call = False
+        return logits
 
     def use_kv_cache(self, on: bool) -> None:
         """Start with empty KV caches (on) or drop them (off) on every rank, for its layers."""
@@ -136,8 +141,11 @@ class ModelRunner:
         self._set_cache(on)
 
     def stop(self) -> None:
-        """Release the followers (their serve() returns)."""
-        self._send(_STOP)
+        """Release the followers (their serve() returns). Not after a call that raised midway:
+        its followers may wait inside it (a send/recv), where a stop broadcast would wait for
+        them forever; the launcher (torchrun, srun) ends them when this process exits."""
+        if not self._in_call:
+            self._send(_STOP)
 
     # ---- followers ----
     def serve(self) -> None:

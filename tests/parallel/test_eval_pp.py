@@ -98,3 +98,26 @@ def test_tp1_pp2_tied_through_model_args_equals_one_process(checkpoints):
     assert follower == {"exit": 0}
     assert driver["held"] == {"layers": 2, "embedding": True, "head": False, "tied_copy": False}
     _assert_equal(driver["results"], single)
+
+
+def _fail_inside_a_call(rank, world_size, ck):
+    """The driver's second forward fails inside stage 0 (a position beyond the learned table),
+    while stage 1 waits for its hidden states; drive() must raise, not wait for that rank."""
+    from megatron.eval.runner import ModelRunner, drive, init_eval_parallel
+    runner = ModelRunner.from_checkpoint(ck, init_eval_parallel(1, 2))
+
+    def work():
+        tokens = torch.tensor([[1, 2, 3]])
+        runner.logits(tokens)
+        runner.logits(tokens, torch.tensor([[0, 1, 10_000]]))
+    return drive(runner, work)
+
+
+def test_a_driver_error_inside_a_pipeline_call_fails_fast(checkpoints):
+    import time
+    from distributed import RankFailed
+    ck, _ = checkpoints["tied"]  # learned positions
+    start = time.monotonic()
+    with pytest.raises(RankFailed, match="rank 0 raised"):
+        run_on_ranks(_fail_inside_a_call, 2, args=(ck,), timeout=120)
+    assert time.monotonic() - start < 100
