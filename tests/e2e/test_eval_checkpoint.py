@@ -119,6 +119,20 @@ def test_hf_export_matches_logits_and_import_export_round_trips(tp2_ckpt, tiny_d
          "--out", str(tmp_path / "hf2"), "--no-tokenizer"], env=OFFLINE)
     a, b = load_file(hf / "model.safetensors"), load_file(tmp_path / "hf2" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # the exported model under lm-eval's own "hf" model scores the shipped tasks as our adapter
+    common = ["--tasks", "tiny_mc,tiny_ppl", "--num_fewshot", "0", "--batch_size", "4",
+              "--include_path", "tests/fixtures/eval_tasks"]
+    run([sys.executable, "-m", "lm_eval", "run", "--model", "hf", "--model_args",
+         f"pretrained={hf},dtype=float32", *common, "--output_path", str(tmp_path / "hf_eval")],
+        env=OFFLINE)
+    run([sys.executable, "-m", "megatron.eval.lm_eval_cli", "--model", "megatron-gpt",
+         "--model_args", f"load={tp2_ckpt}", *common, "--output_path", str(tmp_path / "our_eval")],
+        env=OFFLINE)
+    [theirs], [ours] = (list((tmp_path / d).rglob("results_*.json")) for d in ("hf_eval", "our_eval"))
+    theirs, ours = (json.loads(f.read_text())["results"] for f in (theirs, ours))
+    for task, metric in (("tiny_mc", "acc,none"), ("tiny_mc", "acc_norm,none"),
+                         ("tiny_ppl", "bits_per_byte,none"), ("tiny_ppl", "word_perplexity,none")):
+        assert theirs[task][metric] == pytest.approx(ours[task][metric], rel=1e-4), (task, metric)
 
 
 def _by_hand_loglik(runner, tok, context, continuation):
