@@ -3,7 +3,7 @@ parsing pretrain_gpt.py's logs, and SLURM job files. tools/ablate.py is the comm
 
 Budget accounting: FLOPs per token of a variant = megatron.trainer.metrics.flops_per_token
 (6 N + 12 L h s, with N from count_parameters: GLU's third matrix, biases, tied or untied output
-layer and learned positions are counted, so e.g. swiglu with the default 8/3 ffn and learned vs
+layer and learned positions are counted, so e.g. --glu-activation swiglu (4h FFN, fc1 doubled) and learned vs
 rotary positions cost different amounts per token). A run of S steps of global batch G and
 sequence s costs S x G x s x flops_per_token; S is rounded to the nearest integer and the
 realised budget is reported next to the requested one (and refused if it misses by more than

@@ -7,7 +7,7 @@ With the cache, the prompt is run once and then one token per step (the model's 
 appends to per-layer KVCache objects; see megatron/model/attention.py). Without it every step
 re-runs the whole sequence. Once the sequence outgrows the model's positions, both use the
 last `max_positions` tokens, re-encoded each step (a new cache is filled from them). The
-driver samples; followers on other TP ranks only see the model calls (runner.py).
+driver samples; followers (the other TP and pipeline ranks) only see the model calls (runner.py).
 """
 from __future__ import annotations
 
