@@ -70,3 +70,34 @@ def test_errors_name_the_flags(monkeypatch):
                                          "padded vocabulary 384"):
         check_stage_layout(cfg, lay(5, 1), "ck")
     check_stage_layout(cfg, lay(2, 3), "ck")
+
+
+def test_bad_checkpoints_and_tokenizers_are_named(tp1_layout, tmp_path):
+    """Issue 8's bad input: a missing checkpoint, weights of another model shape than its
+    config.json, a tokenizer larger than the checkpoint's vocabulary."""
+    import json
+
+    from megatron.config.schema import Config, DataConfig
+    from megatron.eval import checkpoint_loader as ckl
+    from megatron.eval.pipeline_stage import load_stage
+    from megatron.eval.tokenizer import tokenizer_for
+    from megatron.model.gpt import GPTModel
+    with pytest.raises(FileNotFoundError, match="no such checkpoint directory"):
+        load_stage(str(tmp_path / "nope"), tp1_layout)
+    cfg = Config(model=ModelConfig(**MODEL), data=DataConfig(tokenizer_type="ByteLevelTokenizer"))
+    ck = str(tmp_path / "ck")
+    ckl.save_model_checkpoint(ck, cfg, [GPTModel(cfg.model).state_dict()])
+    load_stage(ck, tp1_layout)  # as saved: loads
+    config_json = tmp_path / "ck" / "release" / "config.json"
+    saved = json.loads(config_json.read_text())
+    config_json.write_text(json.dumps(dict(saved, model=dict(saved["model"], num_layers=4))))
+    with pytest.raises(ValueError, match=r"--load .*the weights do not match the model of its "
+                                         r"config.json \(missing \['layers.3"):
+        load_stage(ck, tp1_layout)
+    config_json.write_text(json.dumps(dict(saved, model=dict(saved["model"], hidden_size=64))))
+    with pytest.raises(ValueError, match="do not fit the model of its config.json"):
+        load_stage(ck, tp1_layout)
+    small = cfg.replace(model={"vocab_size": 128})
+    with pytest.raises(ValueError, match="has 258 tokens, more than the checkpoint's padded "
+                                         "vocabulary 128: wrong tokenizer"):
+        tokenizer_for(small)
