@@ -124,6 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
           help="Scale query-key products by 1/layer-number (fp16 stability).")
     m.add("--attention-kernel", default="auto", choices=["auto", "eager", "sdpa", "flex"],
           help="Attention implementation; auto picks the fastest that supports the mask.")
+    m.add("--sdpa-backend", default="auto", choices=["auto", "cudnn", "flash", "efficient", "math"],
+          help="On GPUs, the torch SDPA kernel tried first where attention runs through SDPA "
+               "(a kernel that cannot take the inputs falls through to the next); auto: "
+               "torch's own order.")
     m.add("--prefix-lm", action="store_true",
           help="Prefix-LM: each sample is split at a random point (drawn from its tokens and "
                "--seed, the same on every rank and layout); positions before it attend "
@@ -326,6 +330,21 @@ def build_parser() -> argparse.ArgumentParser:
            help="Split each logged step's time into data, forward, backward and optimizer "
                 "(pipeline: one 'pipeline step') in the log line and TensorBoard; on GPUs each "
                 "phase synchronises, so steps get slightly slower.")
+    lg.add("--profile", action="store_true",
+           help="Profile steps --profile-step-start+1 .. --profile-step-end: with "
+                "--use-pytorch-profiler, torch.profiler writes a trace and an operator table "
+                "to --profile-dir; without, the window is marked for `nsys profile "
+                "--capture-range=cudaProfilerApi`.")
+    lg.add("--use-pytorch-profiler", action="store_true",
+           help="With --profile: use torch.profiler (trace_rank{R}.json, ops_rank{R}.txt).")
+    lg.add("--profile-step-start", type=int, default=10,
+           help="Steps completed before the profiled window starts.")
+    lg.add("--profile-step-end", type=int, default=12,
+           help="Steps completed when the profiled window ends.")
+    lg.add("--profile-ranks", type=int, nargs="+", default=[0],
+           help="Global ranks to profile.")
+    lg.add("--profile-dir", default=None,
+           help="Where --use-pytorch-profiler writes (default: --tensorboard-dir, else ./profile).")
     lg.add("--log-batch-size-to-tensorboard", action="store_true", no_effect=True,
            help="Accepted for compatibility; the global batch size is always logged.")
     lg.add("--log-validation-ppl-to-tensorboard", action="store_true", no_effect=True,

@@ -45,6 +45,7 @@ class ModelConfig:
     attention_softmax_in_fp32: bool = False
     apply_query_key_layer_scaling: bool = False
     attention_kernel: str = "auto"  # auto|eager|sdpa|flex
+    sdpa_backend: str = "auto"  # auto|cudnn|flash|efficient|math: SDPA kernel preferred on CUDA
     prefix_lm: bool = False
 
     @property
@@ -190,6 +191,12 @@ class LoggingConfig:
     log_level_replica: Optional[str] = None
     tensorboard_queue_size: Optional[int] = None
     log_timers_to_tensorboard: bool = False
+    profile: bool = False
+    use_pytorch_profiler: bool = False
+    profile_step_start: int = 10
+    profile_step_end: int = 12
+    profile_ranks: tuple = (0,)
+    profile_dir: Optional[str] = None
     log_batch_size_to_tensorboard: bool = False
     log_validation_ppl_to_tensorboard: bool = False
     codecarbon_dir: Optional[str] = None

@@ -299,8 +299,12 @@ def check_prefix_lm(cfg: Config) -> None:
 
 
 def check_logging(cfg: Config) -> None:
-    """Options that act between the losses and the update: DeepSpeed's pipeline engine has no
-    such point (train_batch steps internally)."""
+    """The profiling window; options that act between the losses and the update (DeepSpeed's
+    pipeline engine has no such point: train_batch steps internally)."""
+    lg = cfg.logging
+    if lg.profile and not 0 <= lg.profile_step_start < lg.profile_step_end:
+        raise ConfigError(f"--profile-step-start {lg.profile_step_start} and --profile-step-end "
+                          f"{lg.profile_step_end}: need 0 <= start < end")
     if cfg.parallel.pipeline_model_parallel_size == 1:
         return
     if cfg.logging.log_per_layer_grad_norm:

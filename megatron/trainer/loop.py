@@ -18,6 +18,7 @@ from megatron.trainer import checkpoint as ckpt
 from megatron.trainer.batch_schedule import batch_size_at
 from megatron.trainer.engine import TrainEngine
 from megatron.trainer.metrics import TensorBoard, flops_per_token, format_log_line, peak_flops
+from megatron.trainer.profiling import StepProfiler
 from megatron.trainer.signals import StopRequest
 from megatron.trainer.stability import SpikeDetector
 
@@ -53,6 +54,10 @@ class Trainer:
         if cfg.logging.log_timers_to_tensorboard:
             from megatron.trainer.timers import PhaseTimer
             engine.timer = PhaseTimer(sync=layout.device.type == "cuda")
+        lg = cfg.logging
+        self.profiler = StepProfiler(
+            lg.profile, lg.profile_step_start, lg.profile_step_end, lg.profile_ranks, layout.rank,
+            lg.use_pytorch_profiler, lg.profile_dir or lg.tensorboard_dir, layout.device.type)
         self.flops_per_token = flops_per_token(cfg.model)
         self.peak = peak_flops(layout.device)
         self.history: list[dict] = []  # one entry per logged interval, for callers and tests
@@ -103,6 +108,7 @@ class Trainer:
                 self.log(f"iteration {p.iteration} skipped (--skip-train-iteration-range): "
                          f"its {gbs} samples were read, no update")
                 continue
+            self.profiler.before_step(p.iteration)
             spikes_before_step = self.spikes and cfg.training.loss_spike_action == "skip"
             found = []  # the spike the engine's pre-update check saw (--loss-spike-action skip)
 
@@ -115,6 +121,10 @@ class Trainer:
                 skip_if=spike_before_update if spikes_before_step else None)
             dt = time.perf_counter() - t0
             p.advance(gbs, seq)
+            self.profiler.after_step(p.iteration)
+            if self.profiler.written:
+                self.log("profile written: " + ", ".join(map(str, self.profiler.written)))
+                self.profiler.written = []
             self.batch_sizes.append(gbs)
             interval["samples"] += gbs
             interval["loss"] += result.loss
