@@ -122,7 +122,7 @@ class SelfAttention(nn.Module):
             # touch no RNG state without dropout, which also keeps torch.compile graphs whole)
             with self.rng.fork("sharded") if p > 0 else contextlib.nullcontext():
                 return kernels.sdpa_attention(q, k, v, mask=mask, bias=bias, scale=scale,
-                                              dropout_p=p)
+                                              dropout_p=p, backend=cfg.sdpa_backend)
         # Only eager honours softmax_in_fp32 / query-key layer scaling: the fused SDPA and flex
         # kernels already accumulate the softmax in fp32, and the scaling does not change values.
         layer_scale = float(self.layer_number) if cfg.apply_query_key_layer_scaling else 1.0

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 KERNELS = ("auto", "eager", "sdpa", "flex")
+SDPA_BACKENDS = ("auto", "cudnn", "flash", "efficient", "math")
 
 
 def choose_kernel(requested: str, *, device_type: str, plain_causal: bool, has_alibi: bool,
@@ -48,9 +49,30 @@ def eager_attention(q, k, v, *, mask: Optional[torch.Tensor], bias: Optional[tor
     return torch.matmul(probs, v)  # (B, nh, T, hs)
 
 
+def _sdpa_priority(backend: str):
+    """torch SDPA backends in the order to try them: `backend` first (a kernel that cannot take
+    the inputs, e.g. cuDNN in fp32, falls through to the next), or None for torch's own order."""
+    from torch.nn.attention import SDPBackend
+    order = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+             "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
+    if backend == "auto":
+        return None
+    return [order[backend]] + [b for name, b in order.items() if name != backend]
+
+
 def sdpa_attention(q, k, v, *, mask: Optional[torch.Tensor], bias: Optional[torch.Tensor],
-                   scale: float, dropout_p: float = 0.0):
-    """torch SDPA: is_causal for plain causal, else a bool mask, or an additive one with ALiBi."""
+                   scale: float, dropout_p: float = 0.0, backend: str = "auto"):
+    """torch SDPA: is_causal for plain causal, else a bool mask, or an additive one with ALiBi.
+    backend (on CUDA): the SDPA kernel to prefer (--sdpa-backend), "auto" = torch's order."""
+    priority = _sdpa_priority(backend) if q.is_cuda else None
+    if priority is None:
+        return _sdpa(q, k, v, mask=mask, bias=bias, scale=scale, dropout_p=dropout_p)
+    from torch.nn.attention import sdpa_kernel
+    with sdpa_kernel(priority, set_priority=True):  # traced by torch.compile without a break
+        return _sdpa(q, k, v, mask=mask, bias=bias, scale=scale, dropout_p=dropout_p)
+
+
+def _sdpa(q, k, v, *, mask, bias, scale, dropout_p):
     if mask is None and bias is None:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True,
                                               scale=scale)

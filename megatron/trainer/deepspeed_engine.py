@@ -144,8 +144,9 @@ class DeepSpeedTrainEngine(TrainEngine):
             with self.timer("optimizer" if last else "backward"):
                 self.engine.step()  # applies the update only at the accumulation boundary
         mean_loss = total / len(micro_batches)
-        dist.all_reduce(mean_loss, group=self.layout.dp_group)
-        mean_loss /= self.layout.dp
+        if self.layout.dp > 1:  # (a collective over one rank still costs a launch and a wait)
+            dist.all_reduce(mean_loss, group=self.layout.dp_group)
+            mean_loss /= self.layout.dp
         skipped = skipped or not self.engine.was_step_applied()
         if not skipped:
             self.scheduler.step(samples)

@@ -48,6 +48,9 @@ def test_eager_sdpa_flex_agree_on_gpu(kind, alibi, dtype, tol):
         "eager": kernels.eager_attention(q, k, v, mask=mask, bias=bias, scale=scale,
                                          softmax_in_fp32=True),
         "sdpa": kernels.sdpa_attention(q, k, v, mask=mask, bias=bias, scale=scale),
+        # --sdpa-backend cudnn (falls through to the next kernel where cuDNN cannot take it)
+        "sdpa_cudnn": kernels.sdpa_attention(q, k, v, mask=mask, bias=bias, scale=scale,
+                                             backend="cudnn"),
         "flex": kernels.flex_attention(q, k, v, block_mask=masks.block_mask(T, dev, **kw),
                                        scale=scale, alibi_slopes=slopes, position_ids=pos),
     }

@@ -193,3 +193,19 @@ def test_init_std_and_scaled_output_projections(tp1):
     assert abs(std(m.layers[0].mlp.fc2.weight) - scaled) < 0.1 * scaled
     assert m.layers[0].mlp.fc1.bias.abs().sum() == 0
     assert torch.equal(m.layers[0].input_norm.weight, torch.ones(256))
+
+
+def test_sdpa_backend_preference_order():
+    """--sdpa-backend puts its kernel first and keeps the others as fallbacks (cuDNN does not
+    take fp32, for one); auto leaves torch's own order; on CPU the preference is not applied."""
+    from torch.nn.attention import SDPBackend
+
+    from megatron.model import kernels
+    assert kernels._sdpa_priority("auto") is None
+    order = kernels._sdpa_priority("cudnn")
+    assert order[0] == SDPBackend.CUDNN_ATTENTION and len(set(order)) == 4
+    assert kernels._sdpa_priority("flash")[0] == SDPBackend.FLASH_ATTENTION
+    q, k, v = (torch.randn(2, 4, 16, 8) for _ in range(3))
+    ref = kernels.sdpa_attention(q, k, v, mask=None, bias=None, scale=0.3)
+    out = kernels.sdpa_attention(q, k, v, mask=None, bias=None, scale=0.3, backend="math")
+    torch.testing.assert_close(out, ref)
