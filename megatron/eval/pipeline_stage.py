@@ -29,7 +29,7 @@ from megatron.config.schema import Config, ModelConfig
 from megatron.eval import checkpoint_loader as ckl
 from megatron.model.embedding import Embedding
 from megatron.model.head import OutputHead
-from megatron.model.layer import TransformerLayer
+from megatron.model.layer import TransformerLayer, shared_layer_inputs
 from megatron.model.rng import DropoutRNG
 from megatron.model.validate import check_model_config
 from megatron.parallel.layout import ParallelLayout
@@ -116,8 +116,10 @@ class PipelineStage(nn.Module):
         """x: tokens (B, T) on the first stage, else hidden (B, T, H); position_ids (B, T).
         Returns hidden (B, T, H), or vocab-parallel logits (B, T, V / TP) on the last stage."""
         h = self.embedding(x, position_ids) if self.embedding is not None else x
+        block_mask, rotary = shared_layer_inputs(self.layers[0], h.shape[1], position_ids, None,
+                                                 None, h.dtype) if self.layers else (None, None)
         for layer in self.layers:
-            h = layer(h, position_ids)
+            h = layer(h, position_ids, None, None, block_mask, rotary)
         if self.head is None:
             return h
         if not self.head.tied:

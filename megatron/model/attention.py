@@ -57,15 +57,17 @@ class SelfAttention(nn.Module):
         # activations (scores, probabilities, dropout mask) are recomputed in backward
         self.recompute_core = False
 
-    def forward(self, x, position_ids, prefix_lengths=None, document_ids=None, block_mask=None):
-        """x (B, T, H), position_ids (B, T) -> (B, T, H), replicated across TP ranks."""
+    def forward(self, x, position_ids, prefix_lengths=None, document_ids=None, block_mask=None,
+                rotary=None):
+        """x (B, T, H), position_ids (B, T) -> (B, T, H), replicated across TP ranks.
+        rotary: (cos, sin) of these positions (GPTModel makes them once for all layers)."""
         cfg = self.cfg
         B, T, _ = x.shape
         qkv, _ = self.qkv(x)  # (B, T, nh * 3 * hs)
         q, k, v = qkv.view(B, T, self.num_heads, 3, self.head_dim).permute(3, 0, 2, 1, 4)  # (B, nh, T, hs)
         if cfg.position_embedding_type == "rope":
-            cos, sin = rotary_cos_sin(position_ids, rotary_dim(self.head_dim, cfg.rotary_percent),
-                                      cfg.rotary_base)
+            cos, sin = rotary if rotary is not None else rotary_cos_sin(
+                position_ids, rotary_dim(self.head_dim, cfg.rotary_percent), cfg.rotary_base)
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if self.kv_cache is not None:
             y = self._attend_cached(q, k, v, position_ids, prefix_lengths, document_ids)

@@ -14,10 +14,14 @@ from megatron.model.layer import TransformerLayer
 
 
 def compile_layers(model: nn.Module, **compile_kwargs) -> int:
-    """Compile every TransformerLayer inside `model` (a GPTModel or a pipeline module)."""
+    """Compile every TransformerLayer inside `model` (a GPTModel or a pipeline module); a
+    layer with a `compile_core` method (a pipeline wrapper) compiles only its layer."""
     n = 0
     for module in model.modules():
         if isinstance(module, TransformerLayer):
-            module.compile(**compile_kwargs)
+            if hasattr(module, "compile_core"):
+                module.compile_core(**compile_kwargs)
+            else:
+                module.compile(**compile_kwargs)
             n += 1
     return n

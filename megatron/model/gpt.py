@@ -19,10 +19,9 @@ from megatron.core import ModelParallelConfig, parallel_state
 from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
 from torch import nn
 
-from megatron.model import masks
 from megatron.model.embedding import Embedding
 from megatron.model.head import OutputHead
-from megatron.model.layer import TransformerLayer
+from megatron.model.layer import TransformerLayer, shared_layer_inputs
 from megatron.model.rng import DropoutRNG, checkpointed
 from megatron.model.validate import check_model_config
 
@@ -53,24 +52,17 @@ class GPTModel(nn.Module):
         if position_ids is None:
             position_ids = torch.arange(T, device=tokens.device).expand(B, T)
         h = self.embedding(tokens, position_ids)  # (B, T, H)
-        block_mask = self._shared_block_mask(tokens, prefix_lengths, document_ids)
+        block_mask, rotary = shared_layer_inputs(self.layers[0], T, position_ids, prefix_lengths,
+                                                 document_ids, h.dtype) \
+            if self.layers else (None, None)
         recompute = self.checkpoint_activations and self.training and torch.is_grad_enabled()
         for layer in self.layers:
             if recompute:
                 h = checkpointed(layer, self.rng, h, position_ids, prefix_lengths, document_ids,
-                                 block_mask)
+                                 block_mask, rotary)
             else:
-                h = layer(h, position_ids, prefix_lengths, document_ids, block_mask)
+                h = layer(h, position_ids, prefix_lengths, document_ids, block_mask, rotary)
         return self.head(h, self.embedding.weight if self.head.tied else None)
-
-    def _shared_block_mask(self, tokens, prefix_lengths, document_ids):
-        """The FlexAttention BlockMask all layers use, built once per forward (building it costs
-        about as much as a layer's attention), or None where the layers use another kernel.
-        Built outside the (compiled) layers, where torch.compile takes it as an input."""
-        if not self.layers or self.layers[0].attention.kernel(
-                tokens.device.type, prefix_lengths, document_ids) != "flex":
-            return None
-        return masks.block_mask(tokens.shape[1], tokens.device, prefix_lengths, document_ids)
 
     @staticmethod
     def loss(logits, labels, loss_mask):

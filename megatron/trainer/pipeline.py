@@ -39,7 +39,7 @@ from megatron.core import ModelParallelConfig, parallel_state
 from megatron.model.embedding import Embedding
 from megatron.model.gpt import GPTModel
 from megatron.model.head import OutputHead
-from megatron.model.layer import TransformerLayer
+from megatron.model.layer import TransformerLayer, shared_layer_inputs
 from megatron.model.rng import DropoutRNG, checkpointed
 from megatron.model.validate import check_model_config
 from megatron.parallel.layout import ParallelLayout
@@ -63,11 +63,41 @@ class EmbeddingPipe(Embedding):
         return (super().forward(tokens, position_ids), position_ids, *rest)
 
 
+class StageInputs:
+    """The block mask and rotary tables the layers of one stage share for a micro-batch
+    (layer.shared_layer_inputs), made by the stage's first layer and reused by the next ones,
+    which receive the same position/mask tensors. Keyed on those tensors' identity, so a
+    recomputation (activation checkpointing) of an older micro-batch makes its own."""
+
+    def __init__(self):
+        self._key, self._value = (), None
+
+    def get(self, layer, h, position_ids, prefix_lengths, document_ids):
+        key = (position_ids, prefix_lengths, document_ids)
+        if len(self._key) != 3 or any(a is not b for a, b in zip(key, self._key)):
+            self._key = key  # (held: the ids cannot be reused while cached)
+            self._value = shared_layer_inputs(layer, h.shape[1], position_ids, prefix_lengths,
+                                              document_ids, h.dtype)
+        return self._value
+
+
 class TransformerLayerPipe(TransformerLayer):
+    def __init__(self, *args, stage_inputs: Optional[StageInputs] = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.stage_inputs = stage_inputs or StageInputs()
+        self._core = super().forward  # the transformer layer itself (compile_core compiles it)
+
+    def compile_core(self, **compile_kwargs) -> None:
+        """--torch-compile: compile the layer, not this wrapper (its cache lookup stays eager)."""
+        self._core = torch.compile(self._core, **compile_kwargs)
+
     def forward(self, inputs):
         """(h, position_ids, *masks) -> same, h transformed."""
         h, position_ids, *rest = inputs
-        h = super().forward(h, position_ids, *_mask_inputs(rest))
+        prefix_lengths, document_ids = _mask_inputs(rest)
+        block_mask, rotary = self.stage_inputs.get(self, h, position_ids, prefix_lengths,
+                                                   document_ids)
+        h = self._core(h, position_ids, prefix_lengths, document_ids, block_mask, rotary)
         return (h, position_ids, *rest)
 
 
@@ -158,8 +188,9 @@ def build_pipeline_module(cfg, layout: ParallelLayout, params_dtype=torch.float3
 
     embed = Tied("embed", EmbeddingPipe, m, mp_config, rng, params_dtype,
                  tied_weight_attr="word_embeddings.weight")
-    layers = [Spec(TransformerLayerPipe, m, i + 1, mp_config, rng, params_dtype)
-              for i in range(m.num_layers)]
+    stage_inputs = StageInputs()  # shared by this rank's layers (one stage)
+    layers = [Spec(TransformerLayerPipe, m, i + 1, mp_config, rng, params_dtype,
+                   stage_inputs=stage_inputs) for i in range(m.num_layers)]
     head = Spec(OutputHeadPipe, m, mp_config, params_dtype)
     for spec in [embed, *layers, head]:  # GPTModel.__init__'s order of weight draws
         spec.rng_state = torch.get_rng_state()

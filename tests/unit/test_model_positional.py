@@ -59,3 +59,34 @@ def test_sinusoidal_layout():
     assert pe.shape == (3, 8)
     torch.testing.assert_close(pe[0], torch.tensor([0.0] * 4 + [1.0] * 4))
     torch.testing.assert_close(pe[2, 0], torch.tensor(math.sin(2.0)))
+
+
+def test_rotary_tables_made_once_per_forward_equal_each_layers_own(tp1_layout):
+    """GPTModel hands every layer the (cos, sin) of the batch's positions (made once, in the
+    activations' dtype); the same layers making their own give the same logits, also for
+    per-document positions."""
+    import torch
+
+    from megatron.config.schema import ModelConfig
+    from megatron.model.gpt import GPTModel
+    from megatron.model.layer import shared_layer_inputs
+    cfg = ModelConfig(num_layers=2, hidden_size=32, num_attention_heads=4, seq_length=16,
+                      vocab_size=64, hidden_dropout=0.0, attention_dropout=0.0,
+                      position_embedding_type="rope", rotary_percent=0.5)
+    torch.manual_seed(0)
+    model = GPTModel(cfg).eval()
+    tokens = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(1))
+    positions = torch.cat([torch.arange(10), torch.arange(6)]).expand(2, 16)
+    for pos in (None, positions):
+        p = torch.arange(16).expand(2, 16) if pos is None else pos
+        block_mask, (cos, sin) = shared_layer_inputs(model.layers[0], 16, p, None, None,
+                                                     torch.float32)
+        assert block_mask is None  # SDPA on CPU: no FlexAttention mask to share
+        assert cos.shape == (2, 1, 16, 4)
+        with torch.no_grad():
+            h = model.embedding(tokens, p)
+            for layer in model.layers:
+                h = layer(h, p)  # rotary=None: the attention makes its own tables
+            own = model.head(h, model.embedding.weight)
+            shared = model(tokens, position_ids=pos)
+        torch.testing.assert_close(shared, own, rtol=0, atol=0)
