@@ -1,7 +1,7 @@
 """Start-up checks of a ModelConfig against the TP size; errors name the flags and values."""
 from __future__ import annotations
 
-from megatron.model.kernels import KERNELS
+from megatron.model.kernels import KERNELS, SDPA_BACKENDS
 from megatron.model.mlp import ACTIVATIONS, GLU_ACTIVATIONS
 
 POSITION_TYPES = ("learned_absolute", "sinusoidal", "rope", "alibi", "none")
@@ -27,6 +27,8 @@ def check_model_config(cfg, tp_size: int = 1) -> None:
         errors.append(f"--normalization {cfg.normalization!r} is unknown; choose one of {NORMS}")
     if cfg.attention_kernel not in KERNELS:
         errors.append(f"--attention-kernel {cfg.attention_kernel!r} is unknown; choose one of {KERNELS}")
+    if cfg.sdpa_backend not in SDPA_BACKENDS:
+        errors.append(f"--sdpa-backend {cfg.sdpa_backend!r} is unknown; choose one of {SDPA_BACKENDS}")
     if cfg.attention_kernel == "flex" and cfg.attention_dropout > 0:
         errors.append(f"--attention-kernel flex does not implement attention dropout, but "
                       f"--attention-dropout is {cfg.attention_dropout}; use sdpa/eager or set it to 0")

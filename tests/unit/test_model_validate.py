@@ -28,6 +28,7 @@ def test_valid_config_passes():
     (dict(position_embedding_type="rope", hidden_size=40, num_attention_heads=4,
           rotary_percent=0.5), 1, r"gives 5 rotary dims; it must be even"),
     (dict(attention_kernel="flash"), 1, r"--attention-kernel 'flash'"),
+    (dict(sdpa_backend="fa3"), 1, r"--sdpa-backend 'fa3' is unknown"),
     (dict(attention_kernel="flex", attention_dropout=0.1), 1, r"flex.*--attention-dropout"),
     (dict(normalization="BatchNorm"), 1, r"--normalization 'BatchNorm'"),
     (dict(vocab_size=130), 4, r"vocab size 130.*--tensor-model-parallel-size 4"),
