@@ -92,6 +92,8 @@ def main(argv=None) -> Trainer:
             sys.exit(f"pretrain_gpt.py: error: {e}")
     print_rank0(layout, f"model: {sum(p.numel() for p in model.parameters()):,} parameters on "
                         f"this rank; global batch {gbs}; vocab {cfg.model.vocab_size}")
+    if engine.describe_optimizer():
+        print_rank0(layout, f"optimizer: {engine.describe_optimizer()}")
 
     calc = build_batch_calculator(cfg, gbs, layout.dp, layout.rank)
     if t.train_iters is not None:

@@ -280,6 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
           help="DeepSpeed JSON (ZeRO, optimizer dtype settings); batch sizes must match flags.")
     t.add("--zero-stage", type=int, default=None, choices=[0, 1, 2, 3],
           help="ZeRO stage (overrides the DeepSpeed config's).")
+    t.add("--bf16-optimizer", default="auto", choices=["auto", "deepspeed", "local"],
+          help="bf16 master-weight optimizer: 'deepspeed' (BF16_Optimizer / ZeRO, sharded over "
+               "DP), 'local' (fp32 masters and Adam moments on every rank, fused, no host sync; "
+               "PP 1), 'auto': local where nothing would be sharded (DP 1, PP 1).")
     t.add("--deepspeed-activation-checkpointing", action="store_true", no_effect=True,
           help="Accepted for compatibility: --checkpoint-activations recomputes each layer "
                "(same results as DeepSpeed's checkpointing); no effect on its own.")

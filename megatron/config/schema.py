@@ -162,6 +162,7 @@ class TrainingConfig:
     deepspeed: bool = True
     deepspeed_config: Optional[str] = None
     zero_stage: Optional[int] = None
+    bf16_optimizer: str = "auto"  # auto|deepspeed|local (megatron/trainer/master_adamw.py)
     deepspeed_activation_checkpointing: bool = False  # accepted; --checkpoint-activations recomputes
     partition_activations: bool = False
     universal_checkpoint: bool = False

@@ -332,6 +332,17 @@ def check_eval_harness(cfg: Config) -> None:
                           f"directory")
 
 
+def check_bf16_optimizer(cfg: Config) -> None:
+    t = cfg.training
+    if t.bf16_optimizer != "local":
+        return
+    if not t.bf16:
+        raise ConfigError("--bf16-optimizer local needs --bf16")
+    if cfg.parallel.pipeline_model_parallel_size > 1:
+        raise ConfigError("--bf16-optimizer local runs with --pipeline-model-parallel-size 1 "
+                          "only (the pipeline engine keeps DeepSpeed's); use deepspeed or auto")
+
+
 def validate_config(cfg: Config, world_size: int) -> None:
     check_not_implemented(cfg)
     check_eval_harness(cfg)
@@ -343,4 +354,5 @@ def validate_config(cfg: Config, world_size: int) -> None:
     check_prefix_lm(cfg)
     check_batch(cfg, world_size)
     check_deepspeed_config(cfg, world_size)
+    check_bf16_optimizer(cfg)
     check_data(cfg)

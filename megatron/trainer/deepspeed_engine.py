@@ -10,9 +10,9 @@ import torch.distributed as dist
 from megatron.config.schema import Config
 from megatron.data.batch import Batch
 from megatron.parallel.layout import ParallelLayout
-from megatron.trainer.ds_config import build_deepspeed_config
+from megatron.trainer.ds_config import build_deepspeed_config, uses_local_bf16_optimizer
 from megatron.trainer.engine import StepResult, TrainEngine
-from megatron.trainer.optimizer import build_optimizer
+from megatron.trainer.optimizer import build_master_weight_optimizer, build_optimizer
 from megatron.trainer.schedules import build_lr_scheduler
 
 
@@ -51,7 +51,16 @@ class DeepSpeedTrainEngine(TrainEngine):
 
         self.layout = layout
         self.ds_config = build_deepspeed_config(cfg, layout.world_size)
-        optimizer = build_optimizer(model, cfg.optimizer)
+        # --bf16-optimizer local: DeepSpeed sees an fp32 run; the weights are bf16 (cast here
+        # as DeepSpeed would: parameters only, buffers keep their dtype) and the optimizer
+        # keeps the fp32 masters
+        self.local_bf16 = uses_local_bf16_optimizer(cfg, layout.world_size)
+        if self.local_bf16:
+            for p in model.parameters():
+                p.data = p.data.to(torch.bfloat16)
+            optimizer = build_master_weight_optimizer(model, cfg.optimizer, layout)
+        else:
+            optimizer = build_optimizer(model, cfg.optimizer)
         self.scheduler = build_lr_scheduler(optimizer, cfg, gbs)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, config=self.ds_config, mpu=_MegatronMPU(layout),
@@ -62,6 +71,13 @@ class DeepSpeedTrainEngine(TrainEngine):
         # (and report it through was_step_applied); its plain fp32 path does not, so we check.
         self._checks_finite_grads_itself = (self.engine.zero_optimization_stage() == 0 and
                                             not cfg.training.bf16 and not cfg.training.fp16)
+
+    def describe_optimizer(self) -> str:
+        if self.local_bf16:
+            return ("MasterWeightAdamW (fp32 master weights and moments on every rank, "
+                    "--bf16-optimizer local)")
+        return f"{type(self.optimizer).__name__} (DeepSpeed, ZeRO stage " \
+               f"{self.engine.zero_optimization_stage()})"
 
     def _grads_finite(self) -> bool:
         bad = torch.zeros((), device=self.layout.device)
@@ -102,7 +118,8 @@ class DeepSpeedTrainEngine(TrainEngine):
         from megatron.trainer.universal import block_of
         blocks = {}
         for name, p in self.model.named_parameters():
-            grad = safe_get_full_grad(p) if hasattr(p, "_hp_mapping") else p.grad
+            grad = safe_get_full_grad(p) if hasattr(p, "_hp_mapping") else \
+                getattr(p, "main_grad", None) if self.local_bf16 else p.grad
             if grad is None:
                 continue
             if param_is_not_tensor_parallel_duplicate(p):
@@ -135,6 +152,8 @@ class DeepSpeedTrainEngine(TrainEngine):
                 loss = loss * float("nan")
             with self.timer("backward"):
                 self.engine.backward(loss)
+                if self.local_bf16:
+                    self.optimizer.fold_grads()  # into fp32 before the next micro-batch's
             if last and self._checks_finite_grads_itself and not self._grads_finite():
                 self.engine.zero_grad()
                 skipped = True
@@ -188,16 +207,33 @@ class DeepSpeedTrainEngine(TrainEngine):
 
     def load(self, directory: str, tag: str, load_optimizer: bool = True,
              load_rng: bool = True) -> dict:
+        if load_optimizer:
+            check_optimizer_files(directory, tag, self.local_bf16)
         path, client_state = self.engine.load_checkpoint(
             directory, tag=tag, load_optimizer_states=load_optimizer,
             load_lr_scheduler_states=False)
         if path is None:
             raise RuntimeError(f"--load {directory}: DeepSpeed could not load checkpoint {tag}")
+        if self.local_bf16 and not load_optimizer:
+            self.optimizer.refresh_fp32_params()  # masters from the loaded weights
         if load_optimizer and "lr_scheduler" in client_state:
             self.scheduler.load_state_dict(client_state["lr_scheduler"])
         if load_rng and "dropout_rng" in client_state:
             self.model.rng.set_states(client_state["dropout_rng"])
         return client_state
+
+
+def check_optimizer_files(directory: str, tag: str, local_bf16: bool) -> None:
+    """Refuse, by name, a checkpoint whose optimizer states another optimizer wrote: DeepSpeed's
+    sharded ones sit in *optim_states.pt files, ours in the model-states file."""
+    import glob
+    import os
+    sharded = glob.glob(os.path.join(directory, tag, "*optim_states.pt"))
+    if local_bf16 and sharded:
+        raise ValueError(f"--load {directory}/{tag}: its optimizer states were written by "
+                         f"DeepSpeed's bf16/ZeRO optimizer ({os.path.basename(sharded[0])}); "
+                         f"resume with --bf16-optimizer deepspeed, or convert it with "
+                         f"tools/checkpoint_to_universal.py and load with --universal-checkpoint")
 
 
 def _block_order(block: str) -> tuple:

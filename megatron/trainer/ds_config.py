@@ -5,20 +5,52 @@ from __future__ import annotations
 import copy
 
 from megatron.config.schema import Config
-from megatron.config.validate import check_deepspeed_config, data_parallel_size, \
-    global_batch_size
+from megatron.config.validate import check_bf16_optimizer, check_deepspeed_config, \
+    data_parallel_size, global_batch_size
 
 DEFAULT_ZERO_STAGE = 1  # Megatron-DeepSpeed's default
+
+
+def uses_local_bf16_optimizer(cfg: Config, world_size: int) -> bool:
+    """--bf16-optimizer: does megatron/trainer/master_adamw.py replace DeepSpeed's bf16
+    optimizer? 'auto' picks it where DeepSpeed's would shard nothing (DP 1, PP 1) and the JSON
+    asks neither bf16 gradient accumulation nor offloading."""
+    t = cfg.training
+    choice = t.bf16_optimizer
+    pp = cfg.parallel.pipeline_model_parallel_size
+    if choice == "local":
+        check_bf16_optimizer(cfg)  # bf16, PP 1
+        return True
+    if not t.bf16 or choice == "deepspeed":
+        return False
+    ds = check_deepspeed_config(cfg, world_size) or {}
+    accum = str(ds.get("data_types", {}).get("grad_accum_dtype", "fp32"))
+    zero = ds.get("zero_optimization", {})
+    offload = any(zero.get(k, {}).get("device", "none") != "none"
+                  for k in ("offload_optimizer", "offload_param"))
+    stage = t.zero_stage if t.zero_stage is not None else zero.get("stage", DEFAULT_ZERO_STAGE)
+    return (pp == 1 and data_parallel_size(cfg, world_size) == 1 and stage < 3 and not offload
+            and accum in ("fp32", "float32", "torch.float32"))
 
 
 def build_deepspeed_config(cfg: Config, world_size: int) -> dict:
     t = cfg.training
     ds = copy.deepcopy(check_deepspeed_config(cfg, world_size) or {})
+    _refuse_optimizer_sections(ds)
     dp = data_parallel_size(cfg, world_size)
     gbs = global_batch_size(cfg, world_size)
     ds["train_micro_batch_size_per_gpu"] = t.micro_batch_size
     ds["gradient_accumulation_steps"] = gbs // (t.micro_batch_size * dp)
     ds["train_batch_size"] = gbs
+    ds.setdefault("steps_per_print", 10**9)  # our loop logs; keep DeepSpeed quiet
+    ds.setdefault("wall_clock_breakdown", False)
+    if uses_local_bf16_optimizer(cfg, world_size):
+        # DeepSpeed runs our optimizer as an fp32 client one at stage 0: no bf16 wrapper, no
+        # clipping of its own (the optimizer clips on the device), fp32 gradient all-reduce
+        ds.pop("data_types", None)
+        ds.update(bf16={"enabled": False}, fp16={"enabled": False}, gradient_clipping=0.0)
+        ds.setdefault("zero_optimization", {})["stage"] = 0
+        return ds
     ds["gradient_clipping"] = cfg.optimizer.clip_grad
     ds.setdefault("bf16", {})["enabled"] = t.bf16
     ds.setdefault("fp16", {})["enabled"] = t.fp16
@@ -39,12 +71,13 @@ def build_deepspeed_config(cfg: Config, world_size: int) -> dict:
     if zero["stage"] == 3:
         raise ValueError("ZeRO stage 3 is not supported with tensor-parallel layers; use 0, 1 "
                          "or 2 (--zero-stage or zero_optimization.stage in --deepspeed_config)")
-    ds.setdefault("steps_per_print", 10**9)  # our loop logs; keep DeepSpeed quiet
-    ds.setdefault("wall_clock_breakdown", False)
+    return ds
+
+
+def _refuse_optimizer_sections(ds: dict) -> None:
     # The optimizer and LR schedule are ours (decoupled weight decay groups, sample-based
     # schedules); a JSON that defines them would be silently overridden, so refuse it.
     for key in ("optimizer", "scheduler"):
         if key in ds:
             raise ValueError(f"--deepspeed_config: remove the '{key}' section; set it with flags "
                              f"(--lr, --adam-beta1/2, --weight-decay, --lr-decay-style, ...)")
-    return ds

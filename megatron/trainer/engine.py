@@ -25,6 +25,10 @@ class TrainEngine(abc.ABC):
     # --log-timers-to-tensorboard, a no-op otherwise.
     timer = NullTimer()
 
+    def describe_optimizer(self) -> str:
+        """For the start-up log: which optimizer runs (and why, where a flag chose it)."""
+        return ""
+
     @abc.abstractmethod
     def train_step(self, micro_batches: Sequence[Batch], samples: int,
                    layer_grad_norms: bool = False, skip_if=None) -> StepResult:

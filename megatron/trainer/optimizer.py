@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from megatron.config.schema import OptimizerConfig
+from megatron.parallel.layout import ParallelLayout
 
 
 def param_groups(model: torch.nn.Module) -> list[dict]:
@@ -24,3 +25,16 @@ def build_optimizer(model: torch.nn.Module, ocfg: OptimizerConfig) -> torch.opti
         g["weight_decay"] = ocfg.weight_decay * g["wd_mult"]
     return torch.optim.AdamW(groups, lr=ocfg.lr, betas=(ocfg.adam_beta1, ocfg.adam_beta2),
                              eps=ocfg.adam_eps, weight_decay=ocfg.weight_decay, fused=fused)
+
+
+def build_master_weight_optimizer(model: torch.nn.Module, ocfg: OptimizerConfig,
+                                  layout: ParallelLayout):
+    """AdamW over fp32 masters of the (bf16) model, clipping to --clip-grad itself."""
+    from megatron.trainer.master_adamw import MasterWeightAdamW
+    groups = param_groups(model)
+    for g in groups:
+        g["weight_decay"] = ocfg.weight_decay * g["wd_mult"]
+    return MasterWeightAdamW(groups, lr=ocfg.lr, betas=(ocfg.adam_beta1, ocfg.adam_beta2),
+                             eps=ocfg.adam_eps, weight_decay=ocfg.weight_decay,
+                             clip_grad=ocfg.clip_grad, dp_size=layout.dp,
+                             tp_group=layout.tp_group if layout.tp > 1 else None)

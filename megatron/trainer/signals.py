@@ -30,6 +30,8 @@ class StopRequest:
         then `reason` names it on every rank."""
         if self.reason is None and self.kill_switch_path and os.path.exists(self.kill_switch_path):
             self.reason = f"kill switch {self.kill_switch_path}"
+        if dist.get_world_size() == 1:  # no collective, no device round trip every step
+            return self.reason is not None
         code = torch.tensor([self._code(self.reason)], device=device)
         dist.all_reduce(code, op=dist.ReduceOp.MAX)
         if code.item() and self.reason is None:

@@ -68,7 +68,8 @@ def full_states(param, ds_optimizer) -> dict:
                    for k in ("exp_avg", "exp_avg_sq")}}
     state = _base_optimizer(ds_optimizer).state.get(param, {})
     zeros = torch.zeros_like(param, dtype=torch.float32)
-    return {"fp32": param.detach().float(), "exp_avg": state.get("exp_avg", zeros).float(),
+    master = state.get("master", param.detach())  # --bf16-optimizer local keeps fp32 masters
+    return {"fp32": master.float(), "exp_avg": state.get("exp_avg", zeros).float(),
             "exp_avg_sq": state.get("exp_avg_sq", zeros).float()}
 
 
@@ -193,8 +194,12 @@ def load_universal(engine, cfg, layout, directory: str, tag: str) -> dict:
             if _uses_fragments(p):
                 (safe_set_full_fp32_param(p, mine) if key == "fp32" else
                  safe_set_full_optimizer_state(p, mine, key))
-            elif key != "fp32":
-                _base_optimizer(engine.optimizer).state[p][key] = mine.clone()
+            else:
+                state = _base_optimizer(engine.optimizer).state[p]
+                if key != "fp32":
+                    state[key] = mine.to(state[key].dtype if key in state else mine.dtype, copy=True)
+                elif "master" in state:
+                    state["master"].copy_(mine)
     return meta
 
 

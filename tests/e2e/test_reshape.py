@@ -1,7 +1,8 @@
 """Resume on another layout: a checkpoint saved at TP 2 x PP 2 goes through
 tools/checkpoint_to_universal.py and resumes at TP 1 x PP 1 and at TP 1 x PP 2 with its fp32
 master weights and Adam moments: the following steps' losses equal the original run's (fp32,
-within the float-sum differences between layouts)."""
+within the float-sum differences between layouts). bf16 checkpoints cross between our
+fp32-master AdamW (1 rank) and DeepSpeed's BF16_Optimizer (DP 2) the same way."""
 import sys
 
 import pytest
@@ -81,3 +82,26 @@ def test_3d_checkpoint_resumes_at_tp4_dp2_and_pp2_dp4(tiny_data, original_3d, la
     assert sorted(after) == [5, 6, 7, 8]
     for i in after:
         assert after[i] == pytest.approx(curve[i], rel=2e-4), (i, after, curve)
+
+
+BF16 = ("--bf16", "--deepspeed_config", "ds_configs/zero1_bf16.json")
+
+
+@pytest.mark.parametrize("saved, resumed", [(1, 2), (2, 1)])
+def test_bf16_optimizers_cross_through_universal_checkpoints(tiny_data, tmp_path, saved, resumed):
+    """bf16 on 1 rank runs our fp32-master AdamW (--bf16-optimizer auto), at DP 2 DeepSpeed's
+    BF16_Optimizer: a checkpoint of either, made universal, resumes under the other with its
+    masters and moments, and the curve goes on."""
+    out = pretrain(tiny_data, saved, *FLAGS, *BF16, "--save", str(tmp_path / "ck"),
+                   "--save-interval", "4").stdout
+    assert ("MasterWeightAdamW" if saved == 1 else "BF16_Optimizer") in out
+    run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+         f"--nproc-per-node={saved}", "tools/checkpoint_to_universal.py", "--load",
+         str(tmp_path / "ck"), "--tag", "global_step4", "--save", str(tmp_path / "uni")])
+    after = pretrain(tiny_data, resumed, *FLAGS, *BF16, "--universal-checkpoint", "--load",
+                     str(tmp_path / "uni")).stdout
+    assert ("MasterWeightAdamW" if resumed == 1 else "BF16_Optimizer") in after
+    curve, resumed_curve = losses(out), losses(after)
+    assert sorted(resumed_curve) == [5, 6, 7, 8]
+    for i in resumed_curve:
+        assert resumed_curve[i] == pytest.approx(curve[i], rel=2e-3), (i, resumed_curve, curve)

@@ -7,11 +7,10 @@ import pytest
 from distributed import run_on_ranks
 
 
-def _save_and_reload(rank, world_size, config, directory):
+def _save_and_reload(rank, world_size, config, optimizer, directory):
     import glob
 
     import torch
-    from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
 
     from megatron.config.cli import parse_config
     from megatron.data.batch import Batch
@@ -24,6 +23,7 @@ def _save_and_reload(rank, world_size, config, directory):
                         "--seq-length", str(T), "--micro-batch-size", str(mbs),
                         "--global-batch-size", str(mbs * world_size), "--train-iters", "10",
                         "--lr", "1e-3", "--bf16", "--deepspeed_config", config,
+                        "--bf16-optimizer", optimizer,
                         "--hidden-dropout", "0", "--attention-dropout", "0", "--mock-data"])
     cfg = cfg.replace(model={"vocab_size": V})
     layout = initialize_parallel(cfg.parallel)
@@ -39,10 +39,10 @@ def _save_and_reload(rank, world_size, config, directory):
                      torch.arange(T).expand(mbs, T))
 
     def states(e):
-        from megatron.trainer.universal import link_optimizer_states
+        from megatron.trainer.universal import full_states, link_optimizer_states
         link_optimizer_states(e.optimizer)
-        return {n: (p.detach().clone(), safe_get_full_fp32_param(p).clone(),
-                    safe_get_full_optimizer_state(p, "exp_avg").clone())
+        full = {n: full_states(p, e.optimizer) for n, p in e.model.named_parameters()}
+        return {n: (p.detach().clone(), full[n]["fp32"].clone(), full[n]["exp_avg"].clone())
                 for n, p in e.model.named_parameters()}
 
     a = engine(0)
@@ -71,10 +71,14 @@ def _save_and_reload(rank, world_size, config, directory):
     return report, la, lb
 
 
-# zero0_bf16 (BLOOM's) runs DeepSpeed's BF16_Optimizer, zero2_bf16 its ZeRO-2 optimizer
-@pytest.mark.parametrize("config", ["ds_configs/zero0_bf16.json", "ds_configs/zero2_bf16.json"])
-def test_bf16_checkpoint_keeps_exact_fp32_masters_and_casts(config, tmp_path):
-    for report, la, lb in run_on_ranks(_save_and_reload, 2, (config, str(tmp_path)), 300):
+# zero0_bf16 (BLOOM's) runs DeepSpeed's BF16_Optimizer, zero2_bf16 its ZeRO-2 optimizer, and
+# --bf16-optimizer local ours (fp32 masters and moments in the model-states file)
+@pytest.mark.parametrize("config, optimizer", [("ds_configs/zero0_bf16.json", "deepspeed"),
+                                               ("ds_configs/zero2_bf16.json", "deepspeed"),
+                                               ("ds_configs/zero0_bf16.json", "local")])
+def test_bf16_checkpoint_keeps_exact_fp32_masters_and_casts(config, optimizer, tmp_path):
+    for report, la, lb in run_on_ranks(_save_and_reload, 2, (config, optimizer, str(tmp_path)),
+                                       300):
         assert any(r["master_has_more_bits"] for r in report.values())  # masters are not bf16
         for name, r in report.items():
             assert r["lp_is_cast"] and r["disk_is_cast"], (name, r)

@@ -67,7 +67,7 @@ def test_engine_updates_equal_plain_torch_with_changing_accumulation(zero_stage)
     assert max_diff < 1e-5
 
 
-def _tiny_engine(world_size, zero_stage):
+def _tiny_engine(world_size, zero_stage, extra=()):
     """(engine, model) of a 1-layer GPT, 2 micro-batches of 2 x 8 tokens per DP rank a step."""
     import torch
 
@@ -80,7 +80,7 @@ def _tiny_engine(world_size, zero_stage):
     cfg = parse_config(["--num-layers", "1", "--hidden-size", "32", "--num-attention-heads", "4",
                         "--seq-length", str(T), "--micro-batch-size", str(mbs),
                         "--global-batch-size", str(2 * mbs * world_size), "--train-iters", "9",
-                        "--zero-stage", str(zero_stage), "--mock-data"])
+                        "--zero-stage", str(zero_stage), "--mock-data", *extra])
     cfg = cfg.replace(model={"vocab_size": V})
     layout = initialize_parallel(cfg.parallel)
     torch.manual_seed(0)
@@ -89,13 +89,13 @@ def _tiny_engine(world_size, zero_stage):
     return engine, model
 
 
-def _nan_step_is_skipped(rank, world_size, zero_stage):
+def _nan_step_is_skipped(rank, world_size, zero_stage, extra):
     import torch
 
     from megatron.data.batch import Batch
 
     mbs, T, V = 2, 8, 128
-    engine, model = _tiny_engine(world_size, zero_stage)
+    engine, model = _tiny_engine(world_size, zero_stage, extra)
     tokens = torch.randint(0, V, (mbs, T), generator=torch.Generator().manual_seed(rank))
     good = Batch(tokens, torch.roll(tokens, -1, 1), torch.ones(mbs, T), torch.arange(T)
                  .expand(mbs, T))
@@ -113,10 +113,11 @@ def _nan_step_is_skipped(rank, world_size, zero_stage):
         result.lr, after.skipped, finite
 
 
-@pytest.mark.parametrize("zero_stage", [0, 1])
-def test_non_finite_step_is_skipped_on_every_rank(zero_stage):
+@pytest.mark.parametrize("zero_stage, extra", [
+    (0, ()), (1, ()), (0, ("--bf16", "--bf16-optimizer", "local"))])
+def test_non_finite_step_is_skipped_on_every_rank(zero_stage, extra):
     for skipped, unchanged, lr_moved_later, lr_held, next_skipped, finite in run_on_ranks(
-            _nan_step_is_skipped, 2, args=(zero_stage,), timeout=300):
+            _nan_step_is_skipped, 2, args=(zero_stage, extra), timeout=300):
         assert skipped and unchanged and lr_held
         assert not next_skipped and lr_moved_later and finite
 
@@ -162,6 +163,7 @@ def _layer_grad_norms(rank, world_size, ds_config, bf16):
     (1, "ds_configs/zero1.json", False, 1e-5),
     (2, "ds_configs/zero1.json", False, 1e-5),
     (2, "ds_configs/zero0_bf16.json", True, 3e-2),  # DeepSpeed's BF16_Optimizer
+    (1, "ds_configs/zero1_bf16.json", True, 3e-2),  # ours (--bf16-optimizer auto at DP 1)
 ])
 def test_per_layer_grad_norms_equal_plain_torch(world_size, ds_config, bf16, rel):
     ours, ref, total = run_on_ranks(_layer_grad_norms, world_size, (ds_config, bf16), 300)[0]
