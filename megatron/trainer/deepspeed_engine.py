@@ -119,7 +119,7 @@ class DeepSpeedTrainEngine(TrainEngine):
         blocks = {}
         for name, p in self.model.named_parameters():
             grad = safe_get_full_grad(p) if hasattr(p, "_hp_mapping") else \
-                getattr(p, "main_grad", None) if self.local_bf16 else p.grad
+                self.optimizer.full_grad(p) if self.local_bf16 else p.grad
             if grad is None:
                 continue
             if param_is_not_tensor_parallel_duplicate(p):
@@ -131,7 +131,8 @@ class DeepSpeedTrainEngine(TrainEngine):
         return {n: v.sqrt().item() for n, v in zip(names, sq)}
 
     def train_step(self, micro_batches: Sequence[Batch], samples: int,
-                   layer_grad_norms: bool = False, skip_if=None) -> StepResult:
+                   layer_grad_norms: bool = False, skip_if=None,
+                   before_sync=None) -> StepResult:
         if len(micro_batches) != self.grad_accum:
             raise ValueError(f"got {len(micro_batches)} micro-batches, DeepSpeed expects "
                              f"{self.grad_accum} per step")
@@ -152,7 +153,7 @@ class DeepSpeedTrainEngine(TrainEngine):
                 loss = loss * float("nan")
             with self.timer("backward"):
                 self.engine.backward(loss)
-                if self.local_bf16:
+                if self.local_bf16 and not last:
                     self.optimizer.fold_grads()  # into fp32 before the next micro-batch's
             if last and self._checks_finite_grads_itself and not self._grads_finite():
                 self.engine.zero_grad()
@@ -166,7 +167,10 @@ class DeepSpeedTrainEngine(TrainEngine):
         if self.layout.dp > 1:  # (a collective over one rank still costs a launch and a wait)
             dist.all_reduce(mean_loss, group=self.layout.dp_group)
             mean_loss /= self.layout.dp
-        skipped = skipped or not self.engine.was_step_applied()
+        if before_sync is not None:
+            before_sync()  # (our optimizer's step queued everything without a host sync)
+        skipped = skipped or (self.optimizer.skipped_last_step() if self.local_bf16 else
+                              not self.engine.was_step_applied())
         if not skipped:
             self.scheduler.step(samples)
         norm = self.engine.get_global_grad_norm()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from megatron.data.batch import Batch
 from megatron.trainer.timers import NullTimer
@@ -31,11 +31,14 @@ class TrainEngine(abc.ABC):
 
     @abc.abstractmethod
     def train_step(self, micro_batches: Sequence[Batch], samples: int,
-                   layer_grad_norms: bool = False, skip_if=None) -> StepResult:
+                   layer_grad_norms: bool = False, skip_if=None,
+                   before_sync: Optional[Callable[[], None]] = None) -> StepResult:
         """Forward/backward over one global batch's micro-batches, then one optimizer step;
         advance the LR schedule by `samples`. layer_grad_norms: also measure each block's
         gradient norm (before clipping). skip_if(mean loss) -> True drops the step's update
-        (reported as skipped), decided on the global batch's loss before the optimizer step."""
+        (reported as skipped), decided on the global batch's loss before the optimizer step.
+        before_sync(): host work (reading the next batch) to run once the step's device work
+        is queued, before the engine waits for its results; called exactly once."""
 
     @abc.abstractmethod
     def skip_step(self, samples: int) -> None:

@@ -93,15 +93,23 @@ class Trainer:
         start_time = time.monotonic()
         interval = _new_interval()
         last_eval = None
+        ahead = {}  # consumed samples -> the micro-batches read for that step during the last
+
+        def read(consumed: int) -> list:
+            """The micro-batches of the step that starts at `consumed` samples."""
+            if consumed in ahead:
+                return ahead.pop(consumed)
+            accum = batch_size_at(self.calc, consumed) // (cfg.training.micro_batch_size *
+                                                           self.layout.dp)
+            return [make_batch(next(train_iter), self.data.eod, cfg.data.reset_attention_mask,
+                               **self._prefix_lm_options()) for _ in range(accum)]
+
         while p.iteration < self.total_iters:
             t0 = time.perf_counter()
             gbs = batch_size_at(self.calc, p.consumed_samples)
             self.engine.set_global_batch_size(gbs)
-            accum = gbs // (cfg.training.micro_batch_size * self.layout.dp)
             with self.engine.timer("data"):
-                micro = [make_batch(next(train_iter), self.data.eod,
-                                    cfg.data.reset_attention_mask, **self._prefix_lm_options())
-                         for _ in range(accum)]
+                micro = read(p.consumed_samples)
             if any(a <= p.iteration + 1 <= b for a, b in self.skip_ranges):
                 self.engine.skip_step(gbs)
                 p.advance(gbs, seq)
@@ -115,10 +123,16 @@ class Trainer:
             def spike_before_update(loss: float) -> bool:
                 found.append(self.spikes.check(p.iteration + 1, loss))
                 return found[-1] is not None
+
+            def read_ahead() -> None:
+                """The next step's batch, read while the device still runs this one."""
+                if p.iteration + 1 < self.total_iters:
+                    ahead[p.consumed_samples + gbs] = read(p.consumed_samples + gbs)
             result = self.engine.train_step(
                 micro, gbs, layer_grad_norms=cfg.logging.log_per_layer_grad_norm and
                 self._logs_at(p.iteration + 1),
-                skip_if=spike_before_update if spikes_before_step else None)
+                skip_if=spike_before_update if spikes_before_step else None,
+                before_sync=read_ahead)
             dt = time.perf_counter() - t0
             p.advance(gbs, seq)
             self.profiler.after_step(p.iteration)

@@ -7,12 +7,14 @@ gradient accumulation (it raises NotImplementedError), and its BF16_Optimizer sp
 hooks that copy then add each gradient, zeroing, per-tensor norms, a host sync on the norm;
 docs/benchmarks.md). Here the same math takes a few passes over memory and no host sync:
 
-- after each backward every bf16 `.grad` is folded into an fp32 `param.main_grad`
-  (Megatron-LM's name) and freed;
+- after each backward but the step's last every bf16 `.grad` is folded into an fp32
+  `param.main_grad` (Megatron-LM's name) and freed;
 - DeepSpeed all-reduces the fp32 gradients over data-parallel ranks (get_grads_for_reduction);
 - the global norm stays on the device: clipping and the skip of a non-finite step are folded
   into torch's fused AdamW kernel through its grad_scale / found_inf arguments;
-- the updated masters are copied into the bf16 weights.
+- the updated masters are copied into the bf16 weights;
+- with one micro-batch per step at DP 1 on CUDA, a Triton kernel (adamw_bf16_kernel.py) does
+  all of it in one pass from the bf16 gradients of the large tensors instead.
 
 Nothing is sharded: every data-parallel rank holds all masters and moments (ZeRO-0 memory).
 The state of parameter p is {"master", "exp_avg", "exp_avg_sq", "step"}, fp32.
@@ -24,6 +26,9 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 from torch.optim.adam import adam as functional_adam
+
+
+ONE_PASS_MIN_NUMEL = 4 * 2**20
 
 
 class MasterWeightAdamW(torch.optim.Optimizer):
@@ -52,10 +57,12 @@ class MasterWeightAdamW(torch.optim.Optimizer):
         return [p for g in self.param_groups for p in g["params"]]
 
     @torch.no_grad()
-    def fold_grads(self) -> None:
-        """Add every pending bf16 .grad into its fp32 main_grad and free it (after a backward;
-        calling it again does nothing). Multi-tensor copies: one kernel for many tensors."""
-        pending = [p for p in self._params() if p.grad is not None]
+    def fold_grads(self, params: Optional[list] = None) -> None:
+        """Add every pending bf16 .grad (of `params`, default all) into its fp32 main_grad and
+        free it (after a backward; calling it again does nothing). Multi-tensor copies: one
+        kernel for many tensors."""
+        pending = [p for p in (self._params() if params is None else params)
+                   if p.grad is not None]
         first = [p for p in pending if p.main_grad is None]
         later = [p for p in pending if p.main_grad is not None]
         if first:
@@ -69,66 +76,109 @@ class MasterWeightAdamW(torch.optim.Optimizer):
             p.grad = None
 
     def get_grads_for_reduction(self):
-        """DeepSpeed's hook at the accumulation boundary: (grads to all-reduce, expert grads)."""
-        self.fold_grads()
+        """DeepSpeed's hook at the accumulation boundary: (grads to all-reduce, expert grads).
+        At DP 1 nothing is reduced, and the last micro-batch's bf16 gradients stay pending for
+        the one-pass kernel."""
         if self.dp_size == 1:
             return [], {}
+        self.fold_grads()
         return [p.main_grad for p in self._params() if p.main_grad is not None], {}
 
+    def full_grad(self, p: torch.Tensor) -> Optional[torch.Tensor]:
+        """p's accumulated gradient so far, fp32 (for logging; main_grad plus a pending .grad)."""
+        if p.main_grad is None:
+            return None if p.grad is None else p.grad.float()
+        return p.main_grad if p.grad is None else p.main_grad + p.grad
+
     @torch.no_grad()
-    def grad_norm(self) -> torch.Tensor:
-        """Global L2 norm of the main gradients (0-d, on the device; TP shards counted once)."""
-        grads = [p.main_grad for p in self._params() if p.main_grad is not None]
+    def grad_norm(self, grads_of) -> torch.Tensor:
+        """Global L2 norm of grads_of(p) over the parameters that have one (0-d fp32, on the
+        device; TP shards counted once)."""
+        params = [p for p in self._params() if grads_of(p) is not None]
         if self.tp_group is not None:
             from megatron.core.tensor_parallel import param_is_not_tensor_parallel_duplicate
-            grads = [p.main_grad for p in self._params() if p.main_grad is not None and
-                     param_is_not_tensor_parallel_duplicate(p)]
+            params = [p for p in params if param_is_not_tensor_parallel_duplicate(p)]
         sq = torch.zeros((), dtype=torch.float32, device=self._params()[0].device)
-        if grads:
-            sq = torch.stack(torch._foreach_norm(grads)).square().sum()
+        if params:
+            norms = torch._foreach_norm([grads_of(p) for p in params], 2, dtype=torch.float32)
+            sq = torch.stack(norms).square().sum()
         if self.tp_group is not None:
             dist.all_reduce(sq, group=self.tp_group)
         return sq.sqrt()
 
+    def _clip_and_skip(self, norm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, found_inf): the kernels divide each gradient by scale = max(norm / clip, 1),
+        which is clipping to clip_grad (DeepSpeed's and Megatron's rule, with their 1e-6), and
+        skip the update where found_inf is 1."""
+        found_inf = (~torch.isfinite(norm)).float()
+        scale = (torch.clamp((norm + 1e-6) / self.clip_grad, min=1.0) if self.clip_grad > 0
+                 else torch.ones_like(norm))
+        return scale, found_inf
+
+    def _one_pass(self) -> list:
+        """The parameters the Triton kernel updates from their pending bf16 .grad (no
+        main_grad: one micro-batch, DP 1): contiguous CUDA tensors of at least
+        ONE_PASS_MIN_NUMEL elements, each one launch (about 36 us of host time on an H100
+        machine), so that smaller ones, fewer bytes than a launch's worth, go through the
+        multi-tensor torch path instead."""
+        from megatron.trainer import adamw_bf16_kernel
+        if not adamw_bf16_kernel.available():
+            return []
+        return [p for p in self._params() if p.grad is not None and p.main_grad is None and
+                p.numel() >= ONE_PASS_MIN_NUMEL and p.is_cuda and p.dtype == torch.bfloat16
+                and p.grad.dtype == torch.bfloat16 and p.is_contiguous() and
+                p.grad.is_contiguous()]
+
     @torch.no_grad()
     def step(self, closure=None):
-        self.fold_grads()
-        norm = self.grad_norm()
-        found_inf = (~torch.isfinite(norm)).float()
-        # torch's fused kernel divides each gradient by grad_scale: max(norm / clip, 1) is
-        # clipping to clip_grad (DeepSpeed's and Megatron's rule, with their 1e-6)
-        scale = (torch.clamp((norm + 1e-6) / self.clip_grad, min=1.0)
-                 if self.clip_grad > 0 else None)
+        one_pass = self._one_pass()
+        direct = {id(p) for p in one_pass}
+        self.fold_grads([p for p in self._params() if id(p) not in direct])
+        norm = self.grad_norm(lambda p: p.grad if id(p) in direct else p.main_grad)
+        scale, found_inf = self._clip_and_skip(norm)
         masters, weights = [], []
         for group in self.param_groups:
-            params = [p for p in group["params"] if p.main_grad is not None]
-            if not params:
-                continue
-            states = [self.state[p] for p in params]
             beta1, beta2 = group["betas"]
-            functional_adam(
-                [s["master"] for s in states], [p.main_grad for p in params],
-                [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], [],
-                [s["step"] for s in states], fused=True, grad_scale=scale,
-                found_inf=found_inf, decoupled_weight_decay=True, amsgrad=False, beta1=beta1,
-                beta2=beta2, lr=group["lr"], weight_decay=group["weight_decay"],
-                eps=group["eps"], maximize=False)
-            masters += [s["master"] for s in states]
-            weights += params
+            hyper = dict(lr=group["lr"], weight_decay=group["weight_decay"], eps=group["eps"])
+            folded = [p for p in group["params"] if p.main_grad is not None]
+            if folded:
+                states = [self.state[p] for p in folded]
+                functional_adam(
+                    [s["master"] for s in states], [p.main_grad for p in folded],
+                    [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], [],
+                    [s["step"] for s in states], fused=True, grad_scale=scale,
+                    found_inf=found_inf, decoupled_weight_decay=True, amsgrad=False,
+                    beta1=beta1, beta2=beta2, maximize=False, **hyper)
+                masters += [s["master"] for s in states]
+                weights += folded
+            pending = [p for p in group["params"] if id(p) in direct]
+            if pending:
+                self._step_one_pass(pending, scale, found_inf, beta1, beta2, **hyper)
         if weights:
             torch._foreach_copy_(weights, masters)  # a skipped step copies the old masters
         for p in weights:
             p.main_grad = None
         self._global_grad_norm, self.found_inf = norm, found_inf
 
+    def _step_one_pass(self, params, scale, found_inf, beta1, beta2, **hyper) -> None:
+        from megatron.trainer.adamw_bf16_kernel import adamw_bf16_
+        states = [self.state[p] for p in params]
+        steps = [s["step"] for s in states]
+        torch._foreach_add_(steps, 1.0 - found_inf)  # a skipped step does not count
+        adamw_bf16_(params, [p.grad for p in params], [s["master"] for s in states],
+                    [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], steps,
+                    scale, found_inf, beta1=beta1, beta2=beta2, **hyper)
+        for p in params:
+            p.grad = None
+
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self._params():
             p.grad = None
             p.main_grad = None
 
-    @property
-    def overflow(self) -> bool:
-        """DeepSpeed's engine asks after each step whether it was skipped (a host sync)."""
+    def skipped_last_step(self) -> bool:
+        """Whether the last step was dropped for a non-finite gradient norm (a host sync; no
+        `overflow` attribute, which DeepSpeed's engine would read inside its step)."""
         return bool(self.found_inf is not None and self.found_inf.item() != 0.0)
 
     @torch.no_grad()

@@ -56,7 +56,8 @@ class PipelineTrainEngine(DeepSpeedTrainEngine):
             yield (b.tokens, b.position_ids, *extra), (b.labels, b.loss_mask)
 
     def train_step(self, micro_batches: Sequence[Batch], samples: int,
-                   layer_grad_norms: bool = False, skip_if=None) -> StepResult:
+                   layer_grad_norms: bool = False, skip_if=None,
+                   before_sync=None) -> StepResult:
         # layer_grad_norms and skip_if: refused at start-up for PP > 1 (train_batch steps
         # internally, with no point between the losses and the update)
         if len(micro_batches) != self.grad_accum:
@@ -64,6 +65,8 @@ class PipelineTrainEngine(DeepSpeedTrainEngine):
                              f"{self.grad_accum} per step")
         with self.timer("pipeline step"):  # forward, backward and optimizer interleaved
             loss = self.engine.train_batch(self._samples(micro_batches))  # DP mean, all stages
+        if before_sync is not None:
+            before_sync()  # (train_batch has synchronised already)
         skipped = bool(getattr(self.engine, "was_step_applied", lambda: True)() is False)
         if not skipped:
             self.scheduler.step(samples)

@@ -1,6 +1,4 @@
 """Masks (hand-made patterns), kernel equivalence (eager / SDPA / flex) and prefix-LM guarantees."""
-import dataclasses
-
 import pytest
 import torch
 

@@ -46,6 +46,7 @@ def test_rotary_partial_rotates_only_leading_dims_and_preserves_relative_scores(
     cos, sin = rotary_cos_sin(torch.arange(T)[None], rot, 10000.0)
     qr, kr = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
     torch.testing.assert_close(qr[..., rot:], q[..., rot:])
+    torch.testing.assert_close(kr[..., rot:], k[..., rot:])
     # shifting all positions leaves q.k unchanged (relative encoding)
     cos2, sin2 = rotary_cos_sin(torch.arange(T)[None] + 5, rot, 10000.0)
     s1 = apply_rotary(q, cos, sin) @ apply_rotary(k, cos, sin).transpose(-1, -2)
