@@ -30,6 +30,16 @@ def _micro_grads(params, step, micro):
     return [torch.randn(p.shape, generator=g).bfloat16() for p in params]
 
 
+def _stepped(step=0):
+    """(params, optimizer) after one step on step `step`'s gradients."""
+    params = _params()
+    opt = _optimizer(params)
+    for p, g in zip(params, _micro_grads(params, step, 0)):
+        p.grad = g
+    opt.step()
+    return params, opt
+
+
 def test_steps_equal_torch_adamw_on_fp32_masters_with_accumulation_and_clipping():
     params = _params()
     opt = _optimizer(params)
@@ -72,11 +82,7 @@ def test_weight_decay_only_on_its_group_and_no_clipping_when_off():
 
 
 def test_non_finite_gradient_skips_the_whole_step_on_the_device():
-    params = _params()
-    opt = _optimizer(params)
-    for p, g in zip(params, _micro_grads(params, 0, 0)):
-        p.grad = g
-    opt.step()
+    params, opt = _stepped()
     saved = {id(p): {k: v.clone() for k, v in opt.state[p].items()} for p in params}
     weights = [p.detach().clone() for p in params]
     for i, (p, g) in enumerate(zip(params, _micro_grads(params, 1, 0))):
@@ -96,11 +102,7 @@ def test_non_finite_gradient_skips_the_whole_step_on_the_device():
 
 
 def test_state_dict_round_trip_keeps_fp32_and_refuses_another_optimizers_state():
-    params = _params()
-    opt = _optimizer(params)
-    for p, g in zip(params, _micro_grads(params, 0, 0)):
-        p.grad = g
-    opt.step()
+    params, opt = _stepped()
     state = opt.state_dict()
     fresh_params = _params(seed=1)
     fresh = _optimizer(fresh_params)
