@@ -46,6 +46,8 @@ class _MegatronMPU:
 
 
 class DeepSpeedTrainEngine(TrainEngine):
+    local_bf16 = False  # our fp32-master optimizer runs (never in the pipeline subclass)
+
     def __init__(self, model: torch.nn.Module, cfg: Config, layout: ParallelLayout, gbs: int):
         import deepspeed
 
