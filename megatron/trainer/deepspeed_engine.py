@@ -2,6 +2,8 @@
 gradient accumulation and clipping all come from `deepspeed.initialize`."""
 from __future__ import annotations
 
+import glob
+import os
 from typing import Sequence
 
 import torch
@@ -232,8 +234,6 @@ class DeepSpeedTrainEngine(TrainEngine):
 def check_optimizer_files(directory: str, tag: str, local_bf16: bool) -> None:
     """Refuse, by name, a checkpoint whose optimizer states another optimizer wrote: DeepSpeed's
     sharded ones sit in *optim_states.pt files, ours in the model-states file."""
-    import glob
-    import os
     sharded = glob.glob(os.path.join(directory, tag, "*optim_states.pt"))
     if local_bf16 and sharded:
         raise ValueError(f"--load {directory}/{tag}: its optimizer states were written by "

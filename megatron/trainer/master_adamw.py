@@ -41,27 +41,25 @@ class MasterWeightAdamW(torch.optim.Optimizer):
         # `fused` also tells checkpoint code to keep `step` on the parameters' device
         super().__init__(param_groups, dict(lr=lr, betas=betas, eps=eps,
                                             weight_decay=weight_decay, fused=True))
+        self.all_params = [p for g in self.param_groups for p in g["params"]]  # fixed from here
         self.clip_grad = clip_grad
         self.dp_size = dp_size
         self.tp_group = tp_group
         self._global_grad_norm: Optional[torch.Tensor] = None  # DeepSpeed's engine reads it
         self.found_inf: Optional[torch.Tensor] = None  # 1.0 when the last step was skipped
-        for p in self._params():
+        for p in self.all_params:
             self.state[p] = {"master": p.detach().float(),
                              "exp_avg": torch.zeros_like(p, dtype=torch.float32),
                              "exp_avg_sq": torch.zeros_like(p, dtype=torch.float32),
                              "step": torch.zeros((), dtype=torch.float32, device=p.device)}
             p.main_grad = None
 
-    def _params(self):
-        return [p for g in self.param_groups for p in g["params"]]
-
     @torch.no_grad()
     def fold_grads(self, params: Optional[list] = None) -> None:
         """Add every pending bf16 .grad (of `params`, default all) into its fp32 main_grad and
         free it (after a backward; calling it again does nothing). Multi-tensor copies: one
         kernel for many tensors."""
-        pending = [p for p in (self._params() if params is None else params)
+        pending = [p for p in (self.all_params if params is None else params)
                    if p.grad is not None]
         first = [p for p in pending if p.main_grad is None]
         later = [p for p in pending if p.main_grad is not None]
@@ -82,7 +80,7 @@ class MasterWeightAdamW(torch.optim.Optimizer):
         if self.dp_size == 1:
             return [], {}
         self.fold_grads()
-        return [p.main_grad for p in self._params() if p.main_grad is not None], {}
+        return [p.main_grad for p in self.all_params if p.main_grad is not None], {}
 
     def full_grad(self, p: torch.Tensor) -> Optional[torch.Tensor]:
         """p's accumulated gradient so far, fp32 (for logging; main_grad plus a pending .grad)."""
@@ -94,11 +92,11 @@ class MasterWeightAdamW(torch.optim.Optimizer):
     def grad_norm(self, grads_of) -> torch.Tensor:
         """Global L2 norm of grads_of(p) over the parameters that have one (0-d fp32, on the
         device; TP shards counted once)."""
-        params = [p for p in self._params() if grads_of(p) is not None]
+        params = [p for p in self.all_params if grads_of(p) is not None]
         if self.tp_group is not None:
             from megatron.core.tensor_parallel import param_is_not_tensor_parallel_duplicate
             params = [p for p in params if param_is_not_tensor_parallel_duplicate(p)]
-        sq = torch.zeros((), dtype=torch.float32, device=self._params()[0].device)
+        sq = torch.zeros((), dtype=torch.float32, device=self.all_params[0].device)
         if params:
             norms = torch._foreach_norm([grads_of(p) for p in params], 2, dtype=torch.float32)
             sq = torch.stack(norms).square().sum()
@@ -124,7 +122,7 @@ class MasterWeightAdamW(torch.optim.Optimizer):
         from megatron.trainer import adamw_bf16_kernel
         if not adamw_bf16_kernel.available():
             return []
-        return [p for p in self._params() if p.grad is not None and p.main_grad is None and
+        return [p for p in self.all_params if p.grad is not None and p.main_grad is None and
                 p.numel() >= ONE_PASS_MIN_NUMEL and p.is_cuda and p.dtype == torch.bfloat16
                 and p.grad.dtype == torch.bfloat16 and p.is_contiguous() and
                 p.grad.is_contiguous()]
@@ -133,7 +131,7 @@ class MasterWeightAdamW(torch.optim.Optimizer):
     def step(self, closure=None):
         one_pass = self._one_pass()
         direct = {id(p) for p in one_pass}
-        self.fold_grads([p for p in self._params() if id(p) not in direct])
+        self.fold_grads([p for p in self.all_params if id(p) not in direct])
         norm = self.grad_norm(lambda p: p.grad if id(p) in direct else p.main_grad)
         scale, found_inf = self._clip_and_skip(norm)
         masters, weights = [], []
@@ -172,7 +170,7 @@ class MasterWeightAdamW(torch.optim.Optimizer):
             p.grad = None
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        for p in self._params():
+        for p in self.all_params:
             p.grad = None
             p.main_grad = None
 
@@ -184,12 +182,12 @@ class MasterWeightAdamW(torch.optim.Optimizer):
     @torch.no_grad()
     def refresh_fp32_params(self) -> None:
         """Masters := the current bf16 weights (after loading weights without the optimizer)."""
-        for p in self._params():
+        for p in self.all_params:
             self.state[p]["master"].copy_(p.detach())
 
     def load_state_dict(self, state_dict: dict) -> None:
         """torch's version casts every state tensor to its parameter's dtype (bf16): keep fp32."""
-        params = self._params()
+        params = self.all_params
         saved = [i for g in state_dict["param_groups"] for i in g["params"]]
         if len(saved) != len(params) or len(state_dict["param_groups"]) != len(self.param_groups):
             raise ValueError(f"optimizer state of {len(saved)} parameters in "
