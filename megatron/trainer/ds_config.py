@@ -44,6 +44,10 @@ def build_deepspeed_config(cfg: Config, world_size: int) -> dict:
     ds["train_batch_size"] = gbs
     ds.setdefault("steps_per_print", 10**9)  # our loop logs; keep DeepSpeed quiet
     ds.setdefault("wall_clock_breakdown", False)
+    # DeepSpeed's throughput timer (on by default) synchronizes the device at every forward
+    # and after every optimizer step: the GPU then idles while the host reads the next batch
+    # and launches the next step. Our loop measures throughput itself.
+    ds.setdefault("timers", {}).setdefault("throughput", {}).setdefault("enabled", False)
     if uses_local_bf16_optimizer(cfg, world_size):
         # DeepSpeed runs our optimizer as an fp32 client one at stage 0: no bf16 wrapper, no
         # clipping of its own (the optimizer clips on the device), fp32 gradient all-reduce

@@ -203,3 +203,30 @@ def test_skip_if_drops_the_update_on_every_rank(zero_stage):
             _skip_if, 2, args=(zero_stage,), timeout=300):
         assert seen[1] == pytest.approx(loss, rel=1e-6)
         assert skipped and unchanged and not next_skipped and moved
+
+
+def _device_syncs_in_steps(rank, world_size, extra):
+    import torch
+    from deepspeed.accelerator import get_accelerator
+
+    from megatron.data.batch import Batch
+
+    mbs, T, V = 2, 8, 128
+    engine, _ = _tiny_engine(world_size, 1, extra)
+    syncs = []
+    accelerator = get_accelerator()
+    real = accelerator.synchronize
+    accelerator.synchronize = lambda *a, **k: (syncs.append(1), real(*a, **k))[1]
+    tokens = torch.randint(0, V, (mbs, T), generator=torch.Generator().manual_seed(0))
+    batch = Batch(tokens, torch.roll(tokens, -1, 1), torch.ones(mbs, T), torch.arange(T)
+                  .expand(mbs, T))
+    for _ in range(4):  # DeepSpeed's throughput timer starts syncing at its step 2
+        engine.train_step([batch, batch], 2 * mbs * world_size)
+    return len(syncs)
+
+
+@pytest.mark.parametrize("extra", [("--bf16",), ("--bf16", "--bf16-optimizer", "deepspeed")])
+def test_training_steps_do_not_synchronize_the_device(extra):
+    """The host must be free to queue the next step while the device runs this one (a
+    synchronize per forward and per step left an H100 idle while the next batch was read)."""
+    assert run_on_ranks(_device_syncs_in_steps, 1, args=(extra,), timeout=300) == [0]
