@@ -12,6 +12,7 @@ import torch.distributed as dist
 from megatron.config.schema import Config
 from megatron.data.batch import Batch
 from megatron.parallel.layout import ParallelLayout
+from megatron.parallel.norms import counted_here, global_norm
 from megatron.trainer.ds_config import build_deepspeed_config, uses_local_bf16_optimizer
 from megatron.trainer.engine import StepResult, TrainEngine
 from megatron.trainer.optimizer import build_master_weight_optimizer, build_optimizer
@@ -94,13 +95,10 @@ class DeepSpeedTrainEngine(TrainEngine):
 
     def param_norm(self) -> float:
         """L2 norm of all (unsharded) parameters, each counted once across TP ranks."""
-        from megatron.core.tensor_parallel import param_is_not_tensor_parallel_duplicate
-        sq = torch.zeros((), dtype=torch.float32, device=self.layout.device)
-        for p in self.model.parameters():
-            if param_is_not_tensor_parallel_duplicate(p):
-                sq += p.detach().float().pow(2).sum()
-        dist.all_reduce(sq, group=self.layout.tp_group)
-        return sq.sqrt().item()
+        tp_rank = self.layout.tp_rank
+        return global_norm([p.detach() for p in self.model.parameters()
+                            if counted_here(p, tp_rank)],
+                           self.layout.tp_group, self.layout.device).item()
 
     def _loss(self, batch: Batch) -> torch.Tensor:
         b = batch.to(self.layout.device)
@@ -117,7 +115,6 @@ class DeepSpeedTrainEngine(TrainEngine):
         """{block: L2 norm} of the reduced (DP-averaged), unclipped gradients; call after the
         last backward of a step and before its optimizer step. Every TP shard counts once."""
         from deepspeed.utils import safe_get_full_grad
-        from megatron.core.tensor_parallel import param_is_not_tensor_parallel_duplicate
 
         from megatron.trainer.universal import block_of
         blocks = {}
@@ -126,7 +123,7 @@ class DeepSpeedTrainEngine(TrainEngine):
                 self.optimizer.full_grad(p) if self.local_bf16 else p.grad
             if grad is None:
                 continue
-            if param_is_not_tensor_parallel_duplicate(p):
+            if counted_here(p, self.layout.tp_rank):
                 block = block_of(name)
                 blocks[block] = blocks.get(block, 0.0) + grad.float().pow(2).sum()
         names = sorted(blocks, key=_block_order)

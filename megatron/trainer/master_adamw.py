@@ -27,6 +27,8 @@ import torch
 import torch.distributed as dist
 from torch.optim.adam import adam as functional_adam
 
+from megatron.parallel.norms import counted_here, global_norm
+
 
 ONE_PASS_MIN_NUMEL = 4 * 2**20
 
@@ -92,17 +94,10 @@ class MasterWeightAdamW(torch.optim.Optimizer):
     def grad_norm(self, grads_of) -> torch.Tensor:
         """Global L2 norm of grads_of(p) over the parameters that have one (0-d fp32, on the
         device; TP shards counted once)."""
-        params = [p for p in self.all_params if grads_of(p) is not None]
-        if self.tp_group is not None:
-            from megatron.core.tensor_parallel import param_is_not_tensor_parallel_duplicate
-            params = [p for p in params if param_is_not_tensor_parallel_duplicate(p)]
-        sq = torch.zeros((), dtype=torch.float32, device=self.all_params[0].device)
-        if params:
-            norms = torch._foreach_norm([grads_of(p) for p in params], 2, dtype=torch.float32)
-            sq = torch.stack(norms).square().sum()
-        if self.tp_group is not None:
-            dist.all_reduce(sq, group=self.tp_group)
-        return sq.sqrt()
+        tp_rank = dist.get_rank(self.tp_group) if self.tp_group is not None else 0
+        grads = [grads_of(p) for p in self.all_params if counted_here(p, tp_rank)]
+        return global_norm([g for g in grads if g is not None], self.tp_group,
+                           self.all_params[0].device)
 
     def _clip_and_skip(self, norm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(scale, found_inf): the kernels divide each gradient by scale = max(norm / clip, 1),

@@ -17,6 +17,7 @@ from megatron.core import parallel_state
 from megatron.config.schema import Config
 from megatron.data.batch import Batch
 from megatron.parallel.layout import ParallelLayout
+from megatron.parallel.norms import counted_here, global_norm
 from megatron.trainer.deepspeed_engine import DeepSpeedTrainEngine
 from megatron.trainer.ds_config import build_deepspeed_config
 from megatron.trainer.engine import StepResult
@@ -105,11 +106,7 @@ class PipelineTrainEngine(DeepSpeedTrainEngine):
     def _replica_norm(self, params, tensor_of) -> torch.Tensor:
         """L2 norm of tensor_of(p) over the whole model, each tensor counted once per DP
         replica (TP shards, pipeline stages, the tied embedding's second copy excluded)."""
-        sq = torch.zeros((), dtype=torch.float32, device=self.layout.device)
-        for p in params:
-            if getattr(p, "ds_pipe_replicated", False):
-                continue
-            if self.layout.tp_rank == 0 or getattr(p, "tensor_model_parallel", False):
-                sq += tensor_of(p).detach().float().pow(2).sum()
-        dist.all_reduce(sq, group=self.engine.grid.get_model_parallel_group())  # pipe x TP
-        return sq.sqrt()
+        return global_norm([tensor_of(p).detach() for p in params
+                            if counted_here(p, self.layout.tp_rank)],
+                           self.engine.grid.get_model_parallel_group(),  # pipe x TP
+                           self.layout.device)
