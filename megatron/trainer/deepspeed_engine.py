@@ -14,7 +14,7 @@ from megatron.data.batch import Batch
 from megatron.parallel.layout import ParallelLayout
 from megatron.parallel.norms import counted_here, global_norm
 from megatron.trainer.ds_config import build_deepspeed_config, uses_local_bf16_optimizer
-from megatron.trainer.engine import StepResult, TrainEngine
+from megatron.trainer.engine import PendingStep, StepResult, TrainEngine
 from megatron.trainer.optimizer import build_master_weight_optimizer, build_optimizer
 from megatron.trainer.schedules import build_lr_scheduler
 
@@ -134,6 +134,12 @@ class DeepSpeedTrainEngine(TrainEngine):
     def train_step(self, micro_batches: Sequence[Batch], samples: int,
                    layer_grad_norms: bool = False, skip_if=None,
                    before_sync=None) -> StepResult:
+        return self.start_step(micro_batches, samples, layer_grad_norms, skip_if,
+                               before_sync).result()
+
+    def start_step(self, micro_batches: Sequence[Batch], samples: int,
+                   layer_grad_norms: bool = False, skip_if=None,
+                   before_sync=None) -> PendingStep:
         if len(micro_batches) != self.grad_accum:
             raise ValueError(f"got {len(micro_batches)} micro-batches, DeepSpeed expects "
                              f"{self.grad_accum} per step")
@@ -156,6 +162,10 @@ class DeepSpeedTrainEngine(TrainEngine):
                 self.engine.backward(loss)
                 if self.local_bf16 and not last:
                     self.optimizer.fold_grads()  # into fp32 before the next micro-batch's
+            if last:
+                # The previous step's results and LR schedule step, now that this step's
+                # forward and backward are queued behind it
+                self._settle()
             if last and self._checks_finite_grads_itself and not self._grads_finite():
                 self.engine.zero_grad()
                 skipped = True
@@ -168,17 +178,39 @@ class DeepSpeedTrainEngine(TrainEngine):
         if self.layout.dp > 1:  # (a collective over one rank still costs a launch and a wait)
             dist.all_reduce(mean_loss, group=self.layout.dp_group)
             mean_loss /= self.layout.dp
+        on_device = {"loss": mean_loss}
+        norm = self.engine.get_global_grad_norm()
+        if torch.is_tensor(norm):
+            on_device["norm"] = norm
+        if self.local_bf16 and self.optimizer.found_inf is not None and not skipped:
+            on_device["found_inf"] = self.optimizer.found_inf  # (our optimizer's skip)
+        elif not skipped:
+            skipped = not self.engine.was_step_applied()  # DeepSpeed's optimizers decided
+        staged = _to_host(on_device)
         if before_sync is not None:
-            before_sync()  # (our optimizer's step queued everything without a host sync)
-        skipped = skipped or (self.optimizer.skipped_last_step() if self.local_bf16 else
-                              not self.engine.was_step_applied())
+            before_sync()  # host work while the device runs this step
+        self._in_flight = PendingStep(lambda: self._finish(staged, norm, skipped, samples, norms))
+        return self._in_flight
+
+    def _finish(self, staged, norm, skipped: bool, samples: int, norms) -> StepResult:
+        values = staged()  # waits for the step's device work
+        skipped = skipped or values.get("found_inf", 0.0) != 0.0
         if not skipped:
             self.scheduler.step(samples)
-        norm = self.engine.get_global_grad_norm()
-        return StepResult(loss=mean_loss.item(), grad_norm=None if norm is None else float(norm),
+        norm = values.get("norm", norm)
+        return StepResult(loss=values["loss"], grad_norm=None if norm is None else float(norm),
                           lr=self.current_lr(), skipped=skipped, layer_grad_norms=norms)
 
+    _in_flight = None  # the last started step, until its results are read
+
+    def _settle(self) -> None:
+        """Finish the step in flight (read its results, step the LR schedule) if any."""
+        step, self._in_flight = self._in_flight, None
+        if step is not None:
+            step.result()
+
     def skip_step(self, samples: int) -> None:
+        self._settle()
         self.scheduler.step(samples)
 
     def set_global_batch_size(self, global_batch_size: int) -> None:
@@ -197,6 +229,7 @@ class DeepSpeedTrainEngine(TrainEngine):
         return mean.item() * n, n
 
     def save(self, directory: str, tag: str, client_state: dict) -> None:
+        self._settle()
         client_state = dict(client_state, lr_scheduler=self.scheduler.state_dict(),
                             dropout_rng=self.model.rng.get_states())
         # `latest` is written by megatron/trainer/checkpoint.py once the tag is complete
@@ -204,6 +237,7 @@ class DeepSpeedTrainEngine(TrainEngine):
                                     save_latest=False)
 
     def load_universal(self, directory: str, tag: str, cfg: Config) -> dict:
+        self._settle()
         from megatron.trainer.universal import load_universal
         meta = load_universal(self, cfg, self.layout, directory, tag)
         if "lr_scheduler" in meta:
@@ -212,6 +246,7 @@ class DeepSpeedTrainEngine(TrainEngine):
 
     def load(self, directory: str, tag: str, load_optimizer: bool = True,
              load_rng: bool = True) -> dict:
+        self._settle()
         if load_optimizer:
             check_optimizer_files(directory, tag, self.local_bf16)
         path, client_state = self.engine.load_checkpoint(
@@ -226,6 +261,26 @@ class DeepSpeedTrainEngine(TrainEngine):
         if load_rng and "dropout_rng" in client_state:
             self.model.rng.set_states(client_state["dropout_rng"])
         return client_state
+
+
+def _to_host(values: dict):
+    """Start copying {name: 0-d device tensor} to the host without waiting; returns a function
+    that waits for the copy (and so for the work queued before it) and gives {name: float}."""
+    if not values:
+        return dict
+    names = list(values)
+    stacked = torch.stack([values[n].detach().float().reshape(()) for n in names])
+    if not stacked.is_cuda:
+        return lambda: dict(zip(names, stacked.tolist()))
+    host = torch.empty(stacked.shape, dtype=stacked.dtype, pin_memory=True)
+    host.copy_(stacked, non_blocking=True)
+    copied = torch.cuda.Event()
+    copied.record()
+
+    def wait() -> dict:
+        copied.synchronize()
+        return dict(zip(names, host.tolist()))
+    return wait
 
 
 def check_optimizer_files(directory: str, tag: str, local_bf16: bool) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import abc
+import time
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
@@ -16,6 +17,29 @@ class StepResult:
     lr: float
     skipped: bool          # the optimizer did not apply this step (e.g. fp16 overflow)
     layer_grad_norms: Optional[dict] = None  # {"embedding"|"layers.N"|"head": L2 norm}
+
+
+class PendingStep:
+    """A training step whose device work is queued. result() waits for it (the first call
+    only) and returns its StepResult; finished_at is the perf_counter() time that happened."""
+
+    def __init__(self, resolve: Callable[[], StepResult]):
+        self._resolve: Optional[Callable[[], StepResult]] = resolve
+        self._result: Optional[StepResult] = None
+        self.finished_at: Optional[float] = None
+
+    def result(self) -> StepResult:
+        if self._resolve is not None:
+            resolve, self._resolve = self._resolve, None
+            self._result = resolve()
+            self.finished_at = time.perf_counter()
+        return self._result
+
+    @classmethod
+    def done(cls, result: StepResult) -> "PendingStep":
+        step = cls(lambda: result)
+        step.result()
+        return step
 
 
 class TrainEngine(abc.ABC):
@@ -39,6 +63,17 @@ class TrainEngine(abc.ABC):
         (reported as skipped), decided on the global batch's loss before the optimizer step.
         before_sync(): host work (reading the next batch) to run once the step's device work
         is queued, before the engine waits for its results; called exactly once."""
+
+    def start_step(self, micro_batches: Sequence[Batch], samples: int,
+                   layer_grad_norms: bool = False, skip_if=None,
+                   before_sync: Optional[Callable[[], None]] = None) -> PendingStep:
+        """train_step, returning once the step is queued where the engine can, so that the
+        caller queues the next step before this one's results reach the host (the device
+        then never waits for the host between steps). The engine finishes the step (its
+        results, then its LR schedule step) before it updates weights again, skips, saves or
+        loads. Default: train_step."""
+        return PendingStep.done(self.train_step(micro_batches, samples, layer_grad_norms,
+                                                skip_if, before_sync))
 
     @abc.abstractmethod
     def skip_step(self, samples: int) -> None:

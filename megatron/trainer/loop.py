@@ -26,6 +26,17 @@ LOSS_SPIKE_EXIT_CODE = 3
 
 
 @dataclass
+class StepRecord:
+    """What the loop knew of a step when it started it (its results may come later)."""
+    iteration: int  # the iteration this step completes (1-based)
+    gbs: int
+    t0: float  # perf_counter() when the host began it
+    found: list  # the loss spike seen before the update (--loss-spike-action skip)
+    consumed_samples: int = 0  # progress after it
+    consumed_tokens: int = 0
+
+
+@dataclass
 class TrainData:
     train_loader: object  # yields this rank's micro-batches from consumed samples
     # (name, () -> a fresh loader) per validation / test set; name "" for the --split ones
@@ -86,13 +97,18 @@ class Trainer:
             stop.restore()
             self.tb.close()
 
+    # Queue step N + 1 before reading step N's results (loss, norm, skip) on the host, so that
+    # the device never waits for the host between steps; False reads each step's at once.
+    overlap_steps = True
+
     def _train_steps(self, stop: StopRequest) -> ckpt.Progress:
         cfg, p = self.cfg, self.progress
         seq = cfg.model.seq_length
         train_iter = iter(self.data.train_loader)
         start_time = time.monotonic()
-        interval = _new_interval()
+        self._interval, self._last_finished = _new_interval(), 0.0
         last_eval = None
+        in_flight = None  # (PendingStep, StepRecord) of a step whose results are not used yet
         ahead = {}  # consumed samples -> the micro-batches read for that step during the last
 
         def read(consumed: int) -> list:
@@ -111,6 +127,7 @@ class Trainer:
             with self.engine.timer("data"):
                 micro = read(p.consumed_samples)
             if any(a <= p.iteration + 1 <= b for a, b in self.skip_ranges):
+                in_flight = self._finish_step(in_flight)
                 self.engine.skip_step(gbs)
                 p.advance(gbs, seq)
                 self.log(f"iteration {p.iteration} skipped (--skip-train-iteration-range): "
@@ -118,66 +135,57 @@ class Trainer:
                 continue
             self.profiler.before_step(p.iteration)
             spikes_before_step = self.spikes and cfg.training.loss_spike_action == "skip"
-            found = []  # the spike the engine's pre-update check saw (--loss-spike-action skip)
+            record = StepRecord(p.iteration + 1, gbs, t0, found=[])
 
-            def spike_before_update(loss: float) -> bool:
-                found.append(self.spikes.check(p.iteration + 1, loss))
-                return found[-1] is not None
+            def spike_before_update(loss: float, record=record) -> bool:
+                record.found.append(self.spikes.check(record.iteration, loss))
+                return record.found[-1] is not None
 
             def read_ahead() -> None:
                 """The next step's batch, read while the device still runs this one."""
                 if p.iteration + 1 < self.total_iters:
                     ahead[p.consumed_samples + gbs] = read(p.consumed_samples + gbs)
-            result = self.engine.train_step(
+            pending = self.engine.start_step(
                 micro, gbs, layer_grad_norms=cfg.logging.log_per_layer_grad_norm and
                 self._logs_at(p.iteration + 1),
                 skip_if=spike_before_update if spikes_before_step else None,
                 before_sync=read_ahead)
-            dt = time.perf_counter() - t0
             p.advance(gbs, seq)
+            record.consumed_samples, record.consumed_tokens = p.consumed_samples, \
+                p.consumed_tokens
             self.profiler.after_step(p.iteration)
             if self.profiler.written:
                 self.log("profile written: " + ", ".join(map(str, self.profiler.written)))
                 self.profiler.written = []
             self.batch_sizes.append(gbs)
-            interval["samples"] += gbs
-            interval["loss"] += result.loss
-            if spikes_before_step:
-                spike = found[-1] if found else None
-            else:
-                spike = self.spikes.check(p.iteration, result.loss) if self.spikes else None
-            if spike:
-                self.log(spike.describe() + (" - batch skipped, no update"
-                                             if spikes_before_step else ""))
-                self.tb.scalars({"train/loss spike": result.loss}, p.iteration,
-                                p.consumed_samples, p.consumed_tokens)
-                if cfg.training.loss_spike_action == "stop":
-                    self.log(f"stopping without saving (--loss-spike-action stop); restart from "
-                             f"the last checkpoint with --skip-train-iteration-range covering "
-                             f"iteration {p.iteration}")
-                    raise SystemExit(LOSS_SPIKE_EXIT_CODE)
-            interval["steps"] += 1
-            interval["skipped"] += int(result.skipped)
-            interval["time"] += dt
-            if self._logs_at(p.iteration):
-                self._log_interval(interval, result, gbs)
-                interval = _new_interval()
-            if cfg.training.eval_interval and p.iteration % cfg.training.eval_interval == 0:
+            in_flight = self._finish_step(in_flight)  # the previous step's results
+            in_flight = (pending, record)
+            eval_due = bool(cfg.training.eval_interval and
+                            p.iteration % cfg.training.eval_interval == 0)
+            harness_due = bool(self.harness and self.harness.due(p.iteration))
+            stopping = stop.requested(self.layout.device)
+            exiting = not stopping and self._should_exit(start_time)
+            if (not self.overlap_steps or eval_due or harness_due or stopping or exiting or
+                    self._should_save_now() or p.iteration == self.total_iters or
+                    (cfg.logging.log_params_norm and self._logs_at(p.iteration))):
+                in_flight = self._finish_step(in_flight)  # what follows needs this step done
+            if eval_due:
                 last_eval = self.evaluate("validation")
-            if self.harness and self.harness.due(p.iteration):
+            if harness_due:
                 self.evaluate_harness()
             if self._should_save_now():
                 self.save()
-            if stop.requested(self.layout.device):
+            if stopping:
                 self.log(f"stopping at iteration {p.iteration}: {stop.reason}")
                 if cfg.checkpoint.save and not self._should_save_now():
                     self.save()
                 return p
-            if self._should_exit(start_time):
+            if exiting:
                 self.log(f"exiting at iteration {p.iteration} (exit condition reached)")
                 if cfg.checkpoint.save and not self._should_save_now():
                     self.save()
                 return p
+        self._finish_step(in_flight)
         if last_eval is None or last_eval[0] != p.iteration:
             self.evaluate("validation")
         if self.harness and self.last_harness != p.iteration:
@@ -188,11 +196,48 @@ class Trainer:
         self.evaluate("test")
         return p
 
+    def _finish_step(self, in_flight) -> None:
+        """Wait for a started step (PendingStep, StepRecord), if any, then account for it:
+        interval sums, loss-spike check, the log line. Returns None (nothing in flight)."""
+        if in_flight is None:
+            return None
+        pending, record = in_flight
+        cfg, interval = self.cfg, self._interval
+        result = pending.result()
+        # from when the host began the step, or when the step before it finished if the host
+        # began it earlier (steps overlapping on the host)
+        dt = pending.finished_at - max(record.t0, self._last_finished)
+        self._last_finished = pending.finished_at
+        interval["samples"] += record.gbs
+        interval["loss"] += result.loss
+        spikes_before_step = self.spikes and cfg.training.loss_spike_action == "skip"
+        if spikes_before_step:
+            spike = record.found[-1] if record.found else None
+        else:
+            spike = self.spikes.check(record.iteration, result.loss) if self.spikes else None
+        if spike:
+            self.log(spike.describe() + (" - batch skipped, no update"
+                                         if spikes_before_step else ""))
+            self.tb.scalars({"train/loss spike": result.loss}, record.iteration,
+                            record.consumed_samples, record.consumed_tokens)
+            if cfg.training.loss_spike_action == "stop":
+                self.log(f"stopping without saving (--loss-spike-action stop); restart from "
+                         f"the last checkpoint with --skip-train-iteration-range covering "
+                         f"iteration {record.iteration}")
+                raise SystemExit(LOSS_SPIKE_EXIT_CODE)
+        interval["steps"] += 1
+        interval["skipped"] += int(result.skipped)
+        interval["time"] += dt
+        if self._logs_at(record.iteration):
+            self._log_interval(interval, result, record)
+            self._interval = _new_interval()
+        return None
+
     def _logs_at(self, iteration: int) -> bool:
         return iteration % self.cfg.logging.log_interval == 0 or iteration == self.total_iters
 
-    def _log_interval(self, interval: dict, result, gbs: int) -> None:
-        p, steps = self.progress, interval["steps"]
+    def _log_interval(self, interval: dict, result, p: "StepRecord") -> None:
+        steps, gbs = interval["steps"], p.gbs
         tokens_per_s = interval["samples"] * self.cfg.model.seq_length / interval["time"]
         tflops = tokens_per_s * self.flops_per_token / self.layout.world_size / 1e12
         values = {

@@ -48,7 +48,9 @@ class MasterWeightAdamW(torch.optim.Optimizer):
         self.dp_size = dp_size
         self.tp_group = tp_group
         self._global_grad_norm: Optional[torch.Tensor] = None  # DeepSpeed's engine reads it
-        self.found_inf: Optional[torch.Tensor] = None  # 1.0 when the last step was skipped
+        # 1.0 when the last step was skipped; on the device, read by our engine after the step
+        # (no `overflow` attribute: DeepSpeed's engine would read that inside its step)
+        self.found_inf: Optional[torch.Tensor] = None
         for p in self.all_params:
             self.state[p] = {"master": p.detach().float(),
                              "exp_avg": torch.zeros_like(p, dtype=torch.float32),
@@ -168,11 +170,6 @@ class MasterWeightAdamW(torch.optim.Optimizer):
         for p in self.all_params:
             p.grad = None
             p.main_grad = None
-
-    def skipped_last_step(self) -> bool:
-        """Whether the last step was dropped for a non-finite gradient norm (a host sync; no
-        `overflow` attribute, which DeepSpeed's engine would read inside its step)."""
-        return bool(self.found_inf is not None and self.found_inf.item() != 0.0)
 
     @torch.no_grad()
     def refresh_fp32_params(self) -> None:

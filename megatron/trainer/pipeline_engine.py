@@ -20,7 +20,7 @@ from megatron.parallel.layout import ParallelLayout
 from megatron.parallel.norms import counted_here, global_norm
 from megatron.trainer.deepspeed_engine import DeepSpeedTrainEngine
 from megatron.trainer.ds_config import build_deepspeed_config
-from megatron.trainer.engine import StepResult
+from megatron.trainer.engine import StepResult, TrainEngine
 from megatron.trainer.optimizer import build_optimizer
 from megatron.trainer.schedules import build_lr_scheduler
 
@@ -55,6 +55,8 @@ class PipelineTrainEngine(DeepSpeedTrainEngine):
             b = mb.to(self.layout.device)
             extra = tuple(t for t in (b.prefix_lengths, b.document_ids) if t is not None)
             yield (b.tokens, b.position_ids, *extra), (b.labels, b.loss_mask)
+
+    start_step = TrainEngine.start_step  # train_batch waits for its step itself
 
     def train_step(self, micro_batches: Sequence[Batch], samples: int,
                    layer_grad_norms: bool = False, skip_if=None,
