@@ -266,8 +266,6 @@ class DeepSpeedTrainEngine(TrainEngine):
 def _to_host(values: dict):
     """Start copying {name: 0-d device tensor} to the host without waiting; returns a function
     that waits for the copy (and so for the work queued before it) and gives {name: float}."""
-    if not values:
-        return dict
     names = list(values)
     stacked = torch.stack([values[n].detach().float().reshape(()) for n in names])
     if not stacked.is_cuda:

@@ -163,26 +163,27 @@ class Trainer:
             eval_due = bool(cfg.training.eval_interval and
                             p.iteration % cfg.training.eval_interval == 0)
             harness_due = bool(self.harness and self.harness.due(p.iteration))
+            save_due = self._should_save_now()
             stopping = stop.requested(self.layout.device)
             exiting = not stopping and self._should_exit(start_time)
-            if (not self.overlap_steps or eval_due or harness_due or stopping or exiting or
-                    self._should_save_now() or p.iteration == self.total_iters or
+            if (not self.overlap_steps or eval_due or harness_due or save_due or stopping or
+                    exiting or p.iteration == self.total_iters or
                     (cfg.logging.log_params_norm and self._logs_at(p.iteration))):
                 in_flight = self._finish_step(in_flight)  # what follows needs this step done
             if eval_due:
                 last_eval = self.evaluate("validation")
             if harness_due:
                 self.evaluate_harness()
-            if self._should_save_now():
+            if save_due:
                 self.save()
             if stopping:
                 self.log(f"stopping at iteration {p.iteration}: {stop.reason}")
-                if cfg.checkpoint.save and not self._should_save_now():
+                if cfg.checkpoint.save and not save_due:
                     self.save()
                 return p
             if exiting:
                 self.log(f"exiting at iteration {p.iteration} (exit condition reached)")
-                if cfg.checkpoint.save and not self._should_save_now():
+                if cfg.checkpoint.save and not save_due:
                     self.save()
                 return p
         self._finish_step(in_flight)

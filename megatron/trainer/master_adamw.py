@@ -47,6 +47,7 @@ class MasterWeightAdamW(torch.optim.Optimizer):
         self.clip_grad = clip_grad
         self.dp_size = dp_size
         self.tp_group = tp_group
+        self.tp_rank = dist.get_rank(tp_group) if tp_group is not None else 0
         self._global_grad_norm: Optional[torch.Tensor] = None  # DeepSpeed's engine reads it
         # 1.0 when the last step was skipped; on the device, read by our engine after the step
         # (no `overflow` attribute: DeepSpeed's engine would read that inside its step)
@@ -96,8 +97,7 @@ class MasterWeightAdamW(torch.optim.Optimizer):
     def grad_norm(self, grads_of) -> torch.Tensor:
         """Global L2 norm of grads_of(p) over the parameters that have one (0-d fp32, on the
         device; TP shards counted once)."""
-        tp_rank = dist.get_rank(self.tp_group) if self.tp_group is not None else 0
-        grads = [grads_of(p) for p in self.all_params if counted_here(p, tp_rank)]
+        grads = [grads_of(p) for p in self.all_params if counted_here(p, self.tp_rank)]
         return global_norm([g for g in grads if g is not None], self.tp_group,
                            self.all_params[0].device)
 
