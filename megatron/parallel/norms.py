@@ -24,9 +24,13 @@ def global_norm(tensors: list, group: Optional[dist.ProcessGroup],
                 device: torch.device) -> torch.Tensor:
     """sqrt(sum over `group`'s ranks of their tensors' squared L2 norms): 0-d fp32 on `device`,
     multi-tensor kernels, no host sync. Pass only the tensors counted_here."""
-    sq = torch.zeros((), dtype=torch.float32, device=device)
-    if tensors:
-        sq = torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float32)).square().sum()
+    by_dtype: dict = {}  # _foreach_norm takes its multi-tensor kernel only for one dtype:
+    for t in tensors:    # mixed bf16 and fp32 gradients fall back to one kernel per tensor
+        by_dtype.setdefault(t.dtype, []).append(t)
+    norms = [n for same in by_dtype.values()
+             for n in torch._foreach_norm(same, 2, dtype=torch.float32)]
+    sq = (torch.stack(norms).square().sum() if norms
+          else torch.zeros((), dtype=torch.float32, device=device))
     if group is not None and dist.get_world_size(group) > 1:
         dist.all_reduce(sq, group=group)
     return sq.sqrt()

@@ -14,7 +14,7 @@ docs/benchmarks.md). Here the same math takes a few passes over memory and no ho
   into torch's fused AdamW kernel through its grad_scale / found_inf arguments;
 - the updated masters are copied into the bf16 weights;
 - with one micro-batch per step at DP 1 on CUDA, a Triton kernel (adamw_bf16_kernel.py) does
-  all of it in one pass from the bf16 gradients of the large tensors instead.
+  all of it in one pass from the bf16 gradients instead, one launch per parameter group.
 
 Nothing is sharded: every data-parallel rank holds all masters and moments (ZeRO-0 memory).
 The state of parameter p is {"master", "exp_avg", "exp_avg_sq", "step"}, fp32.
@@ -29,8 +29,6 @@ from torch.optim.adam import adam as functional_adam
 
 from megatron.parallel.norms import counted_here, global_norm
 
-
-ONE_PASS_MIN_NUMEL = 4 * 2**20
 
 
 class MasterWeightAdamW(torch.optim.Optimizer):
@@ -48,6 +46,7 @@ class MasterWeightAdamW(torch.optim.Optimizer):
         self.dp_size = dp_size
         self.tp_group = tp_group
         self.tp_rank = dist.get_rank(tp_group) if tp_group is not None else 0
+        self._one_pass_tables: dict = {}  # group index -> (addresses, TensorListTables)
         self._global_grad_norm: Optional[torch.Tensor] = None  # DeepSpeed's engine reads it
         # 1.0 when the last step was skipped; on the device, read by our engine after the step
         # (no `overflow` attribute: DeepSpeed's engine would read that inside its step)
@@ -112,17 +111,13 @@ class MasterWeightAdamW(torch.optim.Optimizer):
 
     def _one_pass(self) -> list:
         """The parameters the Triton kernel updates from their pending bf16 .grad (no
-        main_grad: one micro-batch, DP 1): contiguous CUDA tensors of at least
-        ONE_PASS_MIN_NUMEL elements, each one launch (about 36 us of host time on an H100
-        machine), so that smaller ones, fewer bytes than a launch's worth, go through the
-        multi-tensor torch path instead."""
+        main_grad: one micro-batch, DP 1): contiguous bf16 CUDA tensors."""
         from megatron.trainer import adamw_bf16_kernel
         if not adamw_bf16_kernel.available():
             return []
         return [p for p in self.all_params if p.grad is not None and p.main_grad is None and
-                p.numel() >= ONE_PASS_MIN_NUMEL and p.is_cuda and p.dtype == torch.bfloat16
-                and p.grad.dtype == torch.bfloat16 and p.is_contiguous() and
-                p.grad.is_contiguous()]
+                p.is_cuda and p.dtype == torch.bfloat16 and p.grad.dtype == torch.bfloat16
+                and p.is_contiguous() and p.grad.is_contiguous()]
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -132,7 +127,7 @@ class MasterWeightAdamW(torch.optim.Optimizer):
         norm = self.grad_norm(lambda p: p.grad if id(p) in direct else p.main_grad)
         scale, found_inf = self._clip_and_skip(norm)
         masters, weights = [], []
-        for group in self.param_groups:
+        for index, group in enumerate(self.param_groups):
             beta1, beta2 = group["betas"]
             hyper = dict(lr=group["lr"], weight_decay=group["weight_decay"], eps=group["eps"])
             folded = [p for p in group["params"] if p.main_grad is not None]
@@ -148,21 +143,30 @@ class MasterWeightAdamW(torch.optim.Optimizer):
                 weights += folded
             pending = [p for p in group["params"] if id(p) in direct]
             if pending:
-                self._step_one_pass(pending, scale, found_inf, beta1, beta2, **hyper)
+                self._step_one_pass(index, pending, scale, found_inf, beta1, beta2, **hyper)
         if weights:
             torch._foreach_copy_(weights, masters)  # a skipped step copies the old masters
         for p in weights:
             p.main_grad = None
         self._global_grad_norm, self.found_inf = norm, found_inf
 
-    def _step_one_pass(self, params, scale, found_inf, beta1, beta2, **hyper) -> None:
-        from megatron.trainer.adamw_bf16_kernel import adamw_bf16_
+    def _step_one_pass(self, group_index, params, scale, found_inf, beta1, beta2,
+                       **hyper) -> None:
+        from megatron.trainer.adamw_bf16_kernel import TensorListTables, adamw_bf16_
         states = [self.state[p] for p in params]
-        steps = [s["step"] for s in states]
-        torch._foreach_add_(steps, 1.0 - found_inf)  # a skipped step does not count
-        adamw_bf16_(params, [p.grad for p in params], [s["master"] for s in states],
-                    [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], steps,
-                    scale, found_inf, beta1=beta1, beta2=beta2, **hyper)
+        tensors = (params, [s["master"] for s in states], [s["exp_avg"] for s in states],
+                   [s["exp_avg_sq"] for s in states], [s["step"] for s in states])
+        # the kernel's tables hold addresses: rebuilt when any changes (a parameter without a
+        # gradient this step, optimizer states replaced by a checkpoint load)
+        key = tuple(t.data_ptr() for ts in tensors for t in ts)
+        cached = self._one_pass_tables.get(group_index)
+        if cached is None or cached[0] != key:
+            cached = self._one_pass_tables[group_index] = (key, TensorListTables(*tensors))
+        # a skipped step does not count. A list of tensors: a lone 0-d tensor would bind to
+        # the Scalar overload and be read with .item(), a host sync
+        torch._foreach_add_(tensors[4], [1.0 - found_inf] * len(params))
+        adamw_bf16_(cached[1], [p.grad for p in params], scale, found_inf, beta1=beta1,
+                    beta2=beta2, **hyper)
         for p in params:
             p.grad = None
 
