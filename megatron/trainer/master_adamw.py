@@ -14,7 +14,8 @@ docs/benchmarks.md). Here the same math takes a few passes over memory and no ho
   into torch's fused AdamW kernel through its grad_scale / found_inf arguments;
 - the updated masters are copied into the bf16 weights;
 - with one micro-batch per step at DP 1 on CUDA, a Triton kernel (adamw_bf16_kernel.py) does
-  all of it in one pass from the bf16 gradients instead, one launch per parameter group.
+  all of it in one pass from the bf16 gradients instead (large tensors one launch each, the
+  small ones of a parameter group one launch together).
 
 Nothing is sharded: every data-parallel rank holds all masters and moments (ZeRO-0 memory).
 The state of parameter p is {"master", "exp_avg", "exp_avg_sq", "step"}, fp32.
@@ -46,7 +47,7 @@ class MasterWeightAdamW(torch.optim.Optimizer):
         self.dp_size = dp_size
         self.tp_group = tp_group
         self.tp_rank = dist.get_rank(tp_group) if tp_group is not None else 0
-        self._one_pass_tables: dict = {}  # group index -> (addresses, TensorListTables)
+        self._launches: dict = {}  # group index -> (addresses, AdamWLaunches)
         self._global_grad_norm: Optional[torch.Tensor] = None  # DeepSpeed's engine reads it
         # 1.0 when the last step was skipped; on the device, read by our engine after the step
         # (no `overflow` attribute: DeepSpeed's engine would read that inside its step)
@@ -152,16 +153,16 @@ class MasterWeightAdamW(torch.optim.Optimizer):
 
     def _step_one_pass(self, group_index, params, scale, found_inf, beta1, beta2,
                        **hyper) -> None:
-        from megatron.trainer.adamw_bf16_kernel import TensorListTables, adamw_bf16_
+        from megatron.trainer.adamw_bf16_kernel import AdamWLaunches, adamw_bf16_
         states = [self.state[p] for p in params]
         tensors = (params, [s["master"] for s in states], [s["exp_avg"] for s in states],
                    [s["exp_avg_sq"] for s in states], [s["step"] for s in states])
-        # the kernel's tables hold addresses: rebuilt when any changes (a parameter without a
+        # the launches' tables hold addresses: rebuilt when any changes (a parameter without a
         # gradient this step, optimizer states replaced by a checkpoint load)
         key = tuple(t.data_ptr() for ts in tensors for t in ts)
-        cached = self._one_pass_tables.get(group_index)
+        cached = self._launches.get(group_index)
         if cached is None or cached[0] != key:
-            cached = self._one_pass_tables[group_index] = (key, TensorListTables(*tensors))
+            cached = self._launches[group_index] = (key, AdamWLaunches(*tensors))
         # a skipped step does not count. A list of tensors: a lone 0-d tensor would bind to
         # the Scalar overload and be read with .item(), a host sync
         torch._foreach_add_(tensors[4], [1.0 - found_inf] * len(params))
