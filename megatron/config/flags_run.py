@@ -85,7 +85,8 @@ def add_training_flags(t) -> None:
                "the update, which is dropped; PP 1); or stop without saving (restart from the "
                "last checkpoint with --skip-train-iteration-range; the exit code is 3).")
     t.add("--kill-switch-path", default=None,
-          help="If this file appears, save a checkpoint and exit (checked every step).")
+          help="If this file appears, save a checkpoint and exit (checked every step; above "
+               "one rank, as signals, the ranks act on it one step later).")
     t.add("--deepspeed", action="store_true", default=True,
           help="Use DeepSpeed (always on: the one engine; accepted for compatibility).")
     t.add("--deepspeed_config", "--deepspeed-config", dest="deepspeed_config", default=None,

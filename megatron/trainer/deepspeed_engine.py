@@ -15,6 +15,7 @@ from megatron.parallel.layout import ParallelLayout
 from megatron.parallel.norms import counted_here, global_norm
 from megatron.trainer.ds_config import build_deepspeed_config, uses_local_bf16_optimizer
 from megatron.trainer.engine import PendingStep, StepResult, TrainEngine
+from megatron.trainer.host_copy import to_host
 from megatron.trainer.optimizer import build_master_weight_optimizer, build_optimizer
 from megatron.trainer.schedules import build_lr_scheduler
 
@@ -186,7 +187,7 @@ class DeepSpeedTrainEngine(TrainEngine):
             on_device["found_inf"] = self.optimizer.found_inf  # (our optimizer's skip)
         elif not skipped:
             skipped = not self.engine.was_step_applied()  # DeepSpeed's optimizers decided
-        staged = _to_host(on_device)
+        staged = to_host(on_device)
         if before_sync is not None:
             before_sync()  # host work while the device runs this step
         self._in_flight = PendingStep(lambda: self._finish(staged, norm, skipped, samples, norms))
@@ -261,24 +262,6 @@ class DeepSpeedTrainEngine(TrainEngine):
         if load_rng and "dropout_rng" in client_state:
             self.model.rng.set_states(client_state["dropout_rng"])
         return client_state
-
-
-def _to_host(values: dict):
-    """Start copying {name: 0-d device tensor} to the host without waiting; returns a function
-    that waits for the copy (and so for the work queued before it) and gives {name: float}."""
-    names = list(values)
-    stacked = torch.stack([values[n].detach().float().reshape(()) for n in names])
-    if not stacked.is_cuda:
-        return lambda: dict(zip(names, stacked.tolist()))
-    host = torch.empty(stacked.shape, dtype=stacked.dtype, pin_memory=True)
-    host.copy_(stacked, non_blocking=True)
-    copied = torch.cuda.Event()
-    copied.record()
-
-    def wait() -> dict:
-        copied.synchronize()
-        return dict(zip(names, host.tolist()))
-    return wait
 
 
 def check_optimizer_files(directory: str, tag: str, local_bf16: bool) -> None:

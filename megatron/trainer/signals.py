@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.distributed as dist
+
+from megatron.trainer.host_copy import to_host
 
 
 class StopRequest:
@@ -19,6 +21,7 @@ class StopRequest:
         self.kill_switch_path = kill_switch_path
         self.reason: Optional[str] = None
         self._previous = {}
+        self._agreement: Optional[Callable[[], dict]] = None  # the last call's all-reduce
         for sig in self.SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
 
@@ -26,17 +29,24 @@ class StopRequest:
         self.reason = signal.Signals(signum).name
 
     def requested(self, device: torch.device) -> bool:
-        """True on every rank if any rank got a signal or sees the kill switch (a collective);
-        then `reason` names it on every rank."""
+        """True on every rank, at the same call, if any rank got a signal or sees the kill
+        switch; then `reason` names it on every rank.
+
+        Above one rank they agree through an all-reduce one call late: each call starts the
+        all-reduce of this rank's state and reads the one the previous call started, which
+        has finished with the step before it. Reading it at once would make the host wait for
+        the step queued meanwhile, every step. So a stop takes effect one step later there."""
         if self.reason is None and self.kill_switch_path and os.path.exists(self.kill_switch_path):
             self.reason = f"kill switch {self.kill_switch_path}"
         if dist.get_world_size() == 1:  # no collective, no device round trip every step
             return self.reason is not None
-        code = torch.tensor([self._code(self.reason)], device=device)
+        agreed = int(self._agreement()["code"]) if self._agreement else 0
+        code = torch.full((), self._code(self.reason), dtype=torch.float32, device=device)
         dist.all_reduce(code, op=dist.ReduceOp.MAX)
-        if code.item() and self.reason is None:
-            self.reason = f"{self._name(int(code.item()))} (received by another rank)"
-        return bool(code.item())
+        self._agreement = to_host({"code": code})
+        if agreed and self.reason is None:
+            self.reason = f"{self._name(agreed)} (received by another rank)"
+        return bool(agreed)
 
     def _code(self, reason: Optional[str]) -> int:
         """0: none; 1 + the signal's index; a kill switch counts after the signals."""

@@ -78,12 +78,14 @@ def test_resume_is_exact_with_dropout_and_rampup(tiny_data, tmp_path):
 
 
 def test_kill_switch_saves_and_exits_cleanly(tiny_data, tmp_path):
+    """Two ranks see the switch at iteration 1 and agree on it at the next check (one step
+    late, so that the host does not wait for the device every step)."""
     ck, switch = tmp_path / "ck", tmp_path / "stop-now"
     switch.write_text("")
     out = pretrain(tiny_data, 2, "--micro-batch-size", "2", "--global-batch-size", "4",
                    "--train-iters", "50", "--save", str(ck), "--kill-switch-path", str(switch))
-    assert f"stopping at iteration 1: kill switch {switch}" in out.stdout
-    assert (ck / "latest").read_text().strip() == "global_step1"
+    assert f"stopping at iteration 2: kill switch {switch}" in out.stdout
+    assert (ck / "latest").read_text().strip() == "global_step2"
 
 
 def test_sigterm_to_one_rank_stops_all_with_a_checkpoint(tiny_data, tmp_path):
