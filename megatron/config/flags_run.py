@@ -71,7 +71,8 @@ def add_training_flags(t) -> None:
     t.add("--eval-harness-batch-size", type=int, default=8, help="Requests per forward.")
     t.add("--exit-interval", type=int, default=None, help="Stop after this step (saving).")
     t.add("--exit-duration-in-mins", type=float, default=None,
-          help="Save and stop after this many minutes of training.")
+          help="Save and stop after this many minutes of training (above one rank, every "
+               "rank stops at the step after the one where the first rank passed it).")
     t.add("--skip-train-iteration-range", nargs="+", default=None, metavar="START-END",
           help="Iterations to skip (their batches are consumed, no update), e.g. 1000-1100; "
                "how to step over a loss spike after a restart.")

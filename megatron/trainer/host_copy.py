@@ -1,9 +1,10 @@
 """Read device scalars on the host later, without making the host wait now."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
+import torch.distributed as dist
 
 
 def to_host(values: dict) -> Callable[[], dict]:
@@ -23,3 +24,24 @@ def to_host(values: dict) -> Callable[[], dict]:
         copied.synchronize()
         return dict(zip(names, host.tolist()))
     return wait
+
+
+class MaxOverRanksLater:
+    """The max over all ranks of a number that each rank gives at every call, known one call
+    later: the all-reduce runs on the device and reaches the host through pinned memory, so
+    the host never waits for the work queued in between (a step). Reading it in the same call
+    would wait for that. On one rank: the number itself, at once."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self._pending: Optional[Callable[[], dict]] = None
+
+    def __call__(self, value: float) -> Optional[float]:
+        """The previous call's max over ranks (None at the first call above one rank)."""
+        if dist.get_world_size() == 1:
+            return value
+        previous = self._pending()["max"] if self._pending else None
+        here = torch.full((), value, dtype=torch.float32, device=self.device)
+        dist.all_reduce(here, op=dist.ReduceOp.MAX)
+        self._pending = to_host({"max": here})
+        return previous

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torch.distributed as dist
 
 from megatron.config.schema import Config
 from megatron.config.validate import parse_iteration_ranges
@@ -17,6 +16,7 @@ from megatron.parallel.layout import ParallelLayout
 from megatron.trainer import checkpoint as ckpt
 from megatron.trainer.batch_schedule import batch_size_at
 from megatron.trainer.engine import TrainEngine
+from megatron.trainer.host_copy import MaxOverRanksLater
 from megatron.trainer.metrics import TensorBoard, flops_per_token, format_log_line, peak_flops
 from megatron.trainer.profiling import StepProfiler
 from megatron.trainer.signals import StopRequest
@@ -106,6 +106,7 @@ class Trainer:
         seq = cfg.model.seq_length
         train_iter = iter(self.data.train_loader)
         start_time = time.monotonic()
+        elapsed_minutes = MaxOverRanksLater(self.layout.device)  # every rank exits together
         self._interval, self._last_finished = _new_interval(), 0.0
         last_eval = None
         in_flight = None  # (PendingStep, StepRecord) of a step whose results are not used yet
@@ -165,7 +166,7 @@ class Trainer:
             harness_due = bool(self.harness and self.harness.due(p.iteration))
             save_due = self._should_save_now()
             stopping = stop.requested(self.layout.device)
-            exiting = not stopping and self._should_exit(start_time)
+            exiting = not stopping and self._should_exit(start_time, elapsed_minutes)
             if (not self.overlap_steps or eval_due or harness_due or save_due or stopping or
                     exiting or p.iteration == self.total_iters or
                     (cfg.logging.log_params_norm and self._logs_at(p.iteration))):
@@ -314,13 +315,14 @@ class Trainer:
         c = self.cfg.checkpoint
         return bool(c.save and c.save_interval and self.progress.iteration % c.save_interval == 0)
 
-    def _should_exit(self, start_time: float) -> bool:
+    def _should_exit(self, start_time: float, elapsed_minutes: MaxOverRanksLater) -> bool:
+        """--exit-interval, or --exit-duration-in-mins passed on any rank (above one rank known
+        one step late, when every rank knows it, without the host waiting for the device)."""
         t = self.cfg.training
         stop = bool(t.exit_interval and self.progress.iteration % t.exit_interval == 0)
         if t.exit_duration_in_mins is not None:
-            elapsed = torch.tensor((time.monotonic() - start_time) / 60.0, device=self.layout.device)
-            dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)  # every rank stops at the same step
-            stop = stop or elapsed.item() > t.exit_duration_in_mins
+            elapsed = elapsed_minutes((time.monotonic() - start_time) / 60.0)
+            stop = stop or (elapsed is not None and elapsed > t.exit_duration_in_mins)
         return stop
 
     def save(self) -> None:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
-import torch.distributed as dist
 
-from megatron.trainer.host_copy import to_host
+from megatron.trainer.host_copy import MaxOverRanksLater
 
 
 class StopRequest:
@@ -21,7 +20,7 @@ class StopRequest:
         self.kill_switch_path = kill_switch_path
         self.reason: Optional[str] = None
         self._previous = {}
-        self._agreement: Optional[Callable[[], dict]] = None  # the last call's all-reduce
+        self._agreement: Optional[MaxOverRanksLater] = None
         for sig in self.SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
 
@@ -38,12 +37,9 @@ class StopRequest:
         the step queued meanwhile, every step. So a stop takes effect one step later there."""
         if self.reason is None and self.kill_switch_path and os.path.exists(self.kill_switch_path):
             self.reason = f"kill switch {self.kill_switch_path}"
-        if dist.get_world_size() == 1:  # no collective, no device round trip every step
-            return self.reason is not None
-        agreed = int(self._agreement()["code"]) if self._agreement else 0
-        code = torch.full((), self._code(self.reason), dtype=torch.float32, device=device)
-        dist.all_reduce(code, op=dist.ReduceOp.MAX)
-        self._agreement = to_host({"code": code})
+        if self._agreement is None:
+            self._agreement = MaxOverRanksLater(device)
+        agreed = int(self._agreement(self._code(self.reason)) or 0)
         if agreed and self.reason is None:
             self.reason = f"{self._name(agreed)} (received by another rank)"
         return bool(agreed)

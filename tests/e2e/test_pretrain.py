@@ -88,6 +88,15 @@ def test_kill_switch_saves_and_exits_cleanly(tiny_data, tmp_path):
     assert (ck / "latest").read_text().strip() == "global_step2"
 
 
+def test_exit_duration_stops_every_rank_at_the_same_step(tiny_data):
+    """--exit-duration-in-mins 0 has passed at the first check; two ranks agree on it at the
+    next one (one step late, so that the host does not wait for the device every step)."""
+    out = pretrain(tiny_data, 2, "--micro-batch-size", "2", "--global-batch-size", "4",
+                   "--train-iters", "50", "--exit-duration-in-mins", "0")
+    assert "exiting at iteration 2 (exit condition reached)" in out.stdout
+    assert "iteration 3/" not in out.stdout
+
+
 def test_sigterm_to_one_rank_stops_all_with_a_checkpoint(tiny_data, tmp_path):
     """srun-style launch (one process per rank, SLURM variables): SIGTERM to rank 1 only makes
     both ranks finish the step, save and exit 0."""
