@@ -31,7 +31,6 @@ from torch.optim.adam import adam as functional_adam
 from megatron.parallel.norms import counted_here, global_norm
 
 
-
 class MasterWeightAdamW(torch.optim.Optimizer):
     def __init__(self, param_groups: list[dict], *, lr: float, betas: tuple[float, float],
                  eps: float, weight_decay: float, clip_grad: float, dp_size: int,
