@@ -1,9 +1,10 @@
 """On a GPU (skipped without one): --bf16-optimizer local's one-pass Triton kernel (bf16
 gradients in, fp32 masters and moments, bf16 weights out; the two large tensors get a launch
-each, the small ones of a group share one) equals the torch path (fp32 gradient copies, torch's fused AdamW, weight copy), with clipping,
-weight decay groups and a skipped non-finite step; a non-contiguous gradient takes the torch
-path in the same step; a step without one parameter's gradient and optimizer states replaced
-(as a checkpoint load does) rebuild the shared launch's address tables."""
+each, the small ones of a group share one) equals the torch path (fp32 gradient copies,
+torch's fused AdamW, weight copy), with clipping, weight decay groups and a skipped non-finite
+step; a non-contiguous gradient takes the torch path in the same step; a step without one
+parameter's gradient and optimizer states replaced (as a checkpoint load does) rebuild the
+shared launch's address tables. The step makes no host sync."""
 import pytest
 import torch
 
