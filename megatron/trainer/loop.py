@@ -135,7 +135,6 @@ class Trainer:
                          f"its {gbs} samples were read, no update")
                 continue
             self.profiler.before_step(p.iteration)
-            spikes_before_step = self.spikes and cfg.training.loss_spike_action == "skip"
             record = StepRecord(p.iteration + 1, gbs, t0, found=[])
 
             def spike_before_update(loss: float, record=record) -> bool:
@@ -149,7 +148,7 @@ class Trainer:
             pending = self.engine.start_step(
                 micro, gbs, layer_grad_norms=cfg.logging.log_per_layer_grad_norm and
                 self._logs_at(p.iteration + 1),
-                skip_if=spike_before_update if spikes_before_step else None,
+                skip_if=spike_before_update if self._spikes_before_update else None,
                 before_sync=read_ahead)
             p.advance(gbs, seq)
             record.consumed_samples, record.consumed_tokens = p.consumed_samples, \
@@ -212,14 +211,13 @@ class Trainer:
         self._last_finished = pending.finished_at
         interval["samples"] += record.gbs
         interval["loss"] += result.loss
-        spikes_before_step = self.spikes and cfg.training.loss_spike_action == "skip"
-        if spikes_before_step:
+        if self._spikes_before_update:
             spike = record.found[-1] if record.found else None
         else:
             spike = self.spikes.check(record.iteration, result.loss) if self.spikes else None
         if spike:
             self.log(spike.describe() + (" - batch skipped, no update"
-                                         if spikes_before_step else ""))
+                                         if self._spikes_before_update else ""))
             self.tb.scalars({"train/loss spike": result.loss}, record.iteration,
                             record.consumed_samples, record.consumed_tokens)
             if cfg.training.loss_spike_action == "stop":
@@ -234,6 +232,11 @@ class Trainer:
             self._log_interval(interval, result, record)
             self._interval = _new_interval()
         return None
+
+    @property
+    def _spikes_before_update(self) -> bool:
+        """--loss-spike-action skip: the engine checks each step's loss before its update."""
+        return bool(self.spikes) and self.cfg.training.loss_spike_action == "skip"
 
     def _logs_at(self, iteration: int) -> bool:
         return iteration % self.cfg.logging.log_interval == 0 or iteration == self.total_iters
