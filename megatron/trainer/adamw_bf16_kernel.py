@@ -1,14 +1,15 @@
 """One-pass AdamW for bf16 weights with fp32 masters, on CUDA with Triton (used by
-megatron/trainer/master_adamw.py when every gradient is still a bf16 `.grad`: one micro-batch
-per step and DP 1).
+megatron/trainer/master_adamw.py), from bf16 gradients (one micro-batch per step at DP 1) or
+fp32 ones (accumulated over micro-batches, or all-reduced over DP ranks).
 
-Why a kernel of our own: torch's fused AdamW needs the gradients in the masters' dtype, so
-each bf16 gradient would first be copied to fp32 and each updated master copied back to the
-bf16 weight: two more passes over 6 bytes per parameter. Here one pass reads the bf16 gradient,
-the fp32 master and moments, and writes master, moments and the bf16 weight (28 bytes per
-parameter, as torch's fp32 AdamW alone). The math is torch's AdamW (decoupled weight decay,
-bias corrections from the step count); `scale` divides the gradients (clipping) and a nonzero
-`skip` leaves everything untouched, both read on the device.
+Why a kernel of our own: torch's fused AdamW needs the gradients in the masters' dtype and
+updates only the masters, so each bf16 gradient would first be copied to fp32 and each updated
+master copied back to the bf16 weight: more passes over memory. Here one pass reads the
+gradient, the fp32 master and moments, and writes master, moments and the bf16 weight (28
+bytes per parameter from a bf16 gradient, as torch's fp32 AdamW alone). The math is torch's
+AdamW (decoupled weight decay, bias corrections from the step count); `scale` divides the
+gradients (clipping, the DP mean) and a nonzero `skip` leaves everything untouched, both read
+on the device.
 
 Launches: a Triton launch costs tens of microseconds of host time, so small tensors share one
 launch (each program finds its tensor in tables of addresses, as torch's multi-tensor kernels
@@ -69,7 +70,8 @@ if triton is not None:
     @triton.jit
     def _adamw_bf16_list(weights, grads, masters, exp_avgs, exp_avg_sqs, steps, numels,
                          chunk_tensor, chunk_index, scale_ptr, skip_ptr, lr, beta1, beta2, eps,
-                         weight_decay, BLOCK: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr):
+                         weight_decay, BLOCK: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr,
+                         GRAD_FP32: tl.constexpr):
         if tl.load(skip_ptr) != 0.0:
             return
         pid = tl.program_id(0)
@@ -77,7 +79,7 @@ if triton is not None:
         first = tl.load(chunk_index + pid).to(tl.int64) * (BLOCK * BLOCKS_PER_CHUNK)
         numel = tl.load(numels + t)
         weight = tl.load(weights + t).to(tl.pointer_type(tl.bfloat16))
-        grad = tl.load(grads + t).to(tl.pointer_type(tl.bfloat16))
+        grad = tl.load(grads + t).to(tl.pointer_type(tl.float32 if GRAD_FP32 else tl.bfloat16))
         master = tl.load(masters + t).to(tl.pointer_type(tl.float32))
         exp_avg = tl.load(exp_avgs + t).to(tl.pointer_type(tl.float32))
         exp_avg_sq = tl.load(exp_avg_sqs + t).to(tl.pointer_type(tl.float32))
@@ -136,18 +138,23 @@ def adamw_bf16_(launches: AdamWLaunches, grads: list, scale: torch.Tensor, skip:
                 *, lr: float, beta1: float, beta2: float, eps: float,
                 weight_decay: float) -> None:
     """Update, in place, the contiguous tensors of `launches` (bf16 weights, fp32 masters and
-    moments) from their contiguous bf16 grads (same order). Each tensor's 0-d fp32 step count
-    is read after this step's increment; scale, skip: 0-d fp32 on the device. The gradients
-    may be freed after the call (the caching allocator reuses memory in stream order)."""
+    moments) from their contiguous grads (same order; all bf16 or all fp32). Each tensor's
+    0-d fp32 step count is read after this step's increment; scale, skip: 0-d fp32 on the
+    device. The gradients may be freed after the call (the caching allocator reuses memory in
+    stream order)."""
     hyper = (lr, beta1, beta2, eps, weight_decay)
     for i, (w, p, m, v, step) in zip(launches.own, launches.own_tensors):
         _adamw_bf16_tensor[(triton.cdiv(w.numel(), BLOCK),)](
             w, grads[i], p, m, v, w.numel(), step, scale, skip, *hyper, BLOCK=BLOCK,
             num_warps=NUM_WARPS)
     if launches.num_chunks:
-        grad_table = _addresses([grads[i] for i in launches.shared], scale.device)
+        shared = [grads[i] for i in launches.shared]
+        grad_fp32 = shared[0].dtype == torch.float32
+        if any((g.dtype == torch.float32) != grad_fp32 for g in shared):
+            raise ValueError("adamw_bf16_: the gradients of one call must share a dtype")
+        grad_table = _addresses(shared, scale.device)
         _adamw_bf16_list[(launches.num_chunks,)](
             launches.weights, grad_table, launches.masters, launches.exp_avgs,
             launches.exp_avg_sqs, launches.steps, launches.numels, launches.chunk_tensor,
             launches.chunk_index, scale, skip, *hyper, BLOCK=BLOCK,
-            BLOCKS_PER_CHUNK=BLOCKS_PER_CHUNK, num_warps=NUM_WARPS)
+            BLOCKS_PER_CHUNK=BLOCKS_PER_CHUNK, GRAD_FP32=grad_fp32, num_warps=NUM_WARPS)
