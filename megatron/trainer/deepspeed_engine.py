@@ -13,7 +13,8 @@ from megatron.config.schema import Config
 from megatron.data.batch import Batch
 from megatron.parallel.layout import ParallelLayout
 from megatron.parallel.norms import counted_here, global_norm
-from megatron.trainer.ds_config import build_deepspeed_config, uses_local_bf16_optimizer
+from megatron.trainer.ds_config import (build_deepspeed_config, local_communication_dtype,
+                                        uses_local_bf16_optimizer)
 from megatron.trainer.engine import PendingStep, StepResult, TrainEngine
 from megatron.trainer.host_copy import to_host
 from megatron.trainer.optimizer import build_master_weight_optimizer, build_optimizer
@@ -64,7 +65,8 @@ class DeepSpeedTrainEngine(TrainEngine):
         if self.local_bf16:
             for p in model.parameters():
                 p.data = p.data.to(torch.bfloat16)
-            optimizer = build_master_weight_optimizer(model, cfg.optimizer, layout)
+            optimizer = build_master_weight_optimizer(
+                model, cfg.optimizer, layout, local_communication_dtype(cfg, layout.world_size))
         else:
             optimizer = build_optimizer(model, cfg.optimizer)
         self.scheduler = build_lr_scheduler(optimizer, cfg, gbs)
@@ -160,6 +162,8 @@ class DeepSpeedTrainEngine(TrainEngine):
                 # skip, the path NaN steps take: every rank decided on the same global mean.
                 loss = loss * float("nan")
             with self.timer("backward"):
+                if self.local_bf16:  # at DP > 1 it all-reduces during the last backward
+                    self.optimizer.before_backward(last)
                 self.engine.backward(loss)
                 if self.local_bf16 and not last:
                     self.optimizer.fold_grads()  # into fp32 before the next micro-batch's

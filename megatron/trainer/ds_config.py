@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 
+import torch
+
 from megatron.config.schema import Config
 from megatron.config.validate import check_bf16_optimizer, check_deepspeed_config, \
     data_parallel_size, global_batch_size
@@ -33,6 +35,19 @@ def uses_local_bf16_optimizer(cfg: Config, world_size: int) -> bool:
             and accum in ("fp32", "float32", "torch.float32"))
 
 
+def local_communication_dtype(cfg: Config, world_size: int) -> torch.dtype:
+    """The dtype --bf16-optimizer local all-reduces gradients in at DP > 1: the JSON's
+    `communication_data_type` (DeepSpeed's key), by default bf16 as DeepSpeed's for bf16."""
+    value = (check_deepspeed_config(cfg, world_size) or {}).get("communication_data_type")
+    choices = {None: torch.bfloat16, "bf16": torch.bfloat16, "fp32": torch.float32}
+    key = value.lower() if isinstance(value, str) else value
+    if key not in choices:
+        raise ValueError(f"--deepspeed_config {cfg.training.deepspeed_config}: "
+                         f"communication_data_type {value!r} with --bf16-optimizer local: use "
+                         f"\"bf16\" or \"fp32\"")
+    return choices[key]
+
+
 def build_deepspeed_config(cfg: Config, world_size: int) -> dict:
     t = cfg.training
     ds = copy.deepcopy(check_deepspeed_config(cfg, world_size) or {})
@@ -52,6 +67,7 @@ def build_deepspeed_config(cfg: Config, world_size: int) -> dict:
         # DeepSpeed runs our optimizer as an fp32 client one at stage 0: no bf16 wrapper, no
         # clipping of its own (the optimizer clips on the device), fp32 gradient all-reduce
         ds.pop("data_types", None)
+        ds.pop("communication_data_type", None)  # our optimizer all-reduces (grad_reducer.py)
         ds.update(bf16={"enabled": False}, fp16={"enabled": False}, gradient_clipping=0.0)
         ds.setdefault("zero_optimization", {})["stage"] = 0
         return ds

@@ -7,15 +7,18 @@ gradient accumulation (it raises NotImplementedError), and its BF16_Optimizer sp
 hooks that copy then add each gradient, zeroing, per-tensor norms, a host sync on the norm;
 docs/benchmarks.md). Here the same math takes a few passes over memory and no host sync:
 
-- after each backward but the step's last every bf16 `.grad` is folded into an fp32
+- at DP 1, after each backward but the step's last every bf16 `.grad` is folded into an fp32
   `param.main_grad` (Megatron-LM's name) and freed;
-- DeepSpeed all-reduces the fp32 gradients over data-parallel ranks (get_grads_for_reduction);
+- at DP > 1, grad_reducer.py takes each `.grad` into a `main_grad` (bf16 or fp32, DeepSpeed's
+  `communication_data_type`; micro-batches summed in fp32) as the backward produces it and
+  all-reduces buckets of them during the step's last backward (DeepSpeed's own all-reduce
+  would wait for the whole backward);
 - the global norm stays on the device: clipping and the skip of a non-finite step are folded
-  into torch's fused AdamW kernel through its grad_scale / found_inf arguments;
-- the updated masters are copied into the bf16 weights;
-- with one micro-batch per step at DP 1 on CUDA, a Triton kernel (adamw_bf16_kernel.py) does
-  all of it in one pass from the bf16 gradients instead (large tensors one launch each, the
-  small ones of a parameter group one launch together).
+  into the update through a gradient scale and a skip flag on the device;
+- on CUDA a Triton kernel (adamw_bf16_kernel.py) updates master, moments and bf16 weight in one
+  pass from the final gradient, bf16 or fp32 (large tensors one launch each, the small ones of
+  a parameter group one launch together); elsewhere torch's fused AdamW updates the masters
+  and they are copied into the weights.
 
 Nothing is sharded: every data-parallel rank holds all masters and moments (ZeRO-0 memory).
 The state of parameter p is {"master", "exp_avg", "exp_avg_sq", "step"}, fp32.
@@ -29,15 +32,22 @@ import torch.distributed as dist
 from torch.optim.adam import adam as functional_adam
 
 from megatron.parallel.norms import counted_here, global_norm
+from megatron.trainer import adamw_bf16_kernel
+from megatron.trainer.grad_reducer import OverlappedGradReducer
 
 
 class MasterWeightAdamW(torch.optim.Optimizer):
     def __init__(self, param_groups: list[dict], *, lr: float, betas: tuple[float, float],
                  eps: float, weight_decay: float, clip_grad: float, dp_size: int,
-                 tp_group=None):
+                 tp_group=None, dp_group=None, model_order: Optional[list] = None,
+                 communication_dtype: torch.dtype = torch.float32):
         """param_groups: the model's (bf16) parameters, as for torch's AdamW. clip_grad: max
-        global L2 norm (0: no clipping). dp_size > 1: DeepSpeed all-reduces main_grad.
-        tp_group: the tensor-parallel group when TP > 1 (the norm sums over it)."""
+        global L2 norm (0: no clipping). dp_size > 1: gradients are all-reduced over dp_group
+        during the backward, in buckets of parameters in model_order (the model's
+        .parameters(): the backward produces their gradients in about the reverse order; the
+        groups' order, weights then biases, would make the first bucket wait for the end of
+        the backward), in communication_dtype (fp32 or bf16). tp_group: the tensor-parallel
+        group when TP > 1 (the norm sums over it)."""
         # `fused` also tells checkpoint code to keep `step` on the parameters' device
         super().__init__(param_groups, dict(lr=lr, betas=betas, eps=eps,
                                             weight_decay=weight_decay, fused=True))
@@ -46,7 +56,7 @@ class MasterWeightAdamW(torch.optim.Optimizer):
         self.dp_size = dp_size
         self.tp_group = tp_group
         self.tp_rank = dist.get_rank(tp_group) if tp_group is not None else 0
-        self._launches: dict = {}  # group index -> (addresses, AdamWLaunches)
+        self._launches: dict = {}  # (group index, grad dtype) -> (addresses, AdamWLaunches)
         self._global_grad_norm: Optional[torch.Tensor] = None  # DeepSpeed's engine reads it
         # 1.0 when the last step was skipped; on the device, read by our engine after the step
         # (no `overflow` attribute: DeepSpeed's engine would read that inside its step)
@@ -57,6 +67,18 @@ class MasterWeightAdamW(torch.optim.Optimizer):
                              "exp_avg_sq": torch.zeros_like(p, dtype=torch.float32),
                              "step": torch.zeros((), dtype=torch.float32, device=p.device)}
             p.main_grad = None
+        if dp_size > 1 and dp_group is None:
+            raise ValueError("MasterWeightAdamW: dp_size > 1 needs the data-parallel group")
+        # at DP > 1 every main_grad is a persistent view into the reducer's buckets
+        if dp_size > 1:
+            ours = {id(p) for p in self.all_params}
+            order = [p for p in (model_order or self.all_params) if id(p) in ours]
+            if len(order) != len(self.all_params):
+                raise ValueError("MasterWeightAdamW: model_order must hold every parameter")
+            self.reducer = OverlappedGradReducer(order, dp_group, communication_dtype)
+        else:
+            self.reducer = None
+        self.use_kernel = adamw_bf16_kernel.available()  # else torch's fused AdamW and a copy
 
     @torch.no_grad()
     def fold_grads(self, params: Optional[list] = None) -> None:
@@ -79,15 +101,21 @@ class MasterWeightAdamW(torch.optim.Optimizer):
 
     def get_grads_for_reduction(self):
         """DeepSpeed's hook at the accumulation boundary: (grads to all-reduce, expert grads).
-        At DP 1 nothing is reduced, and the last micro-batch's bf16 gradients stay pending for
-        the one-pass kernel."""
-        if self.dp_size == 1:
-            return [], {}
-        self.fold_grads()
-        return [p.main_grad for p in self.all_params if p.main_grad is not None], {}
+        None: at DP > 1 the reducer has all-reduced them during the backward; at DP 1 the last
+        micro-batch's bf16 gradients stay pending for the one-pass kernel."""
+        return [], {}
+
+    def before_backward(self, last: bool) -> None:
+        """Our engine says, before each backward, whether it is the step's last."""
+        if self.reducer is not None:
+            self.reducer.before_backward(last)
 
     def full_grad(self, p: torch.Tensor) -> Optional[torch.Tensor]:
-        """p's accumulated gradient so far, fp32 (for logging; main_grad plus a pending .grad)."""
+        """p's accumulated gradient so far, fp32, averaged over DP ranks (for logging; at DP 1
+        main_grad plus a pending .grad)."""
+        if self.reducer is not None:
+            self.reducer.finish()
+            return p.main_grad.float() / self.dp_size
         if p.main_grad is None:
             return None if p.grad is None else p.grad.float()
         return p.main_grad if p.grad is None else p.main_grad + p.grad
@@ -109,49 +137,71 @@ class MasterWeightAdamW(torch.optim.Optimizer):
                  else torch.ones_like(norm))
         return scale, found_inf
 
-    def _one_pass(self) -> list:
-        """The parameters the Triton kernel updates from their pending bf16 .grad (no
-        main_grad: one micro-batch, DP 1): contiguous bf16 CUDA tensors."""
-        from megatron.trainer import adamw_bf16_kernel
-        if not adamw_bf16_kernel.available():
-            return []
-        return [p for p in self.all_params if p.grad is not None and p.main_grad is None and
-                p.is_cuda and p.dtype == torch.bfloat16 and p.grad.dtype == torch.bfloat16
-                and p.is_contiguous() and p.grad.is_contiguous()]
+    def _final_grads(self) -> dict:
+        """{id(p): p's gradient for the update} of the parameters that have one, after folding
+        where needed: the summed fp32 main_grad at DP > 1; at DP 1 main_grad plus the last
+        pending .grad, or the bf16 .grad alone (one micro-batch) where the kernel takes it."""
+        if self.reducer is not None:
+            self.reducer.finish()  # every main_grad: the sum over DP ranks
+            return {id(p): p.main_grad for p in self.all_params}
+        self.fold_grads([p for p in self.all_params
+                         if p.main_grad is not None or not self._kernel_takes(p, p.grad)])
+        return {id(p): p.main_grad if p.main_grad is not None else p.grad
+                for p in self.all_params if p.main_grad is not None or p.grad is not None}
+
+    def _kernel_takes(self, p: torch.Tensor, grad: Optional[torch.Tensor]) -> bool:
+        """Does the Triton kernel update p from grad: contiguous bf16 CUDA weight, contiguous
+        bf16 or fp32 gradient."""
+        return (self.use_kernel and grad is not None and p.is_cuda and
+                p.dtype == torch.bfloat16 and p.is_contiguous() and grad.is_contiguous() and
+                grad.dtype in (torch.bfloat16, torch.float32))
 
     @torch.no_grad()
     def step(self, closure=None):
-        one_pass = self._one_pass()
-        direct = {id(p) for p in one_pass}
-        self.fold_grads([p for p in self.all_params if id(p) not in direct])
-        norm = self.grad_norm(lambda p: p.grad if id(p) in direct else p.main_grad)
+        grads = self._final_grads()
+        norm = self.grad_norm(lambda p: grads.get(id(p)))
+        if self.reducer is not None:
+            norm = norm / self.dp_size  # of the mean gradient
         scale, found_inf = self._clip_and_skip(norm)
+        if self.reducer is not None:
+            scale = scale * self.dp_size  # the updates divide the summed gradients by it
         masters, weights = [], []
         for index, group in enumerate(self.param_groups):
             beta1, beta2 = group["betas"]
             hyper = dict(lr=group["lr"], weight_decay=group["weight_decay"], eps=group["eps"])
-            folded = [p for p in group["params"] if p.main_grad is not None]
+            present = [p for p in group["params"] if id(p) in grads]
+            by_kernel = [p for p in present if self._kernel_takes(p, grads[id(p)])]
+            for dtype in (torch.bfloat16, torch.float32):
+                params = [p for p in by_kernel if grads[id(p)].dtype == dtype]
+                if params:
+                    self._step_one_pass((index, dtype), params, [grads[id(p)] for p in params],
+                                        scale, found_inf, beta1, beta2, **hyper)
+            taken = {id(p) for p in by_kernel}
+            folded = [p for p in present if id(p) not in taken]  # to fp32 for torch's AdamW
             if folded:
                 states = [self.state[p] for p in folded]
                 functional_adam(
-                    [s["master"] for s in states], [p.main_grad for p in folded],
+                    [s["master"] for s in states], [grads[id(p)].float() for p in folded],
                     [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], [],
                     [s["step"] for s in states], fused=True, grad_scale=scale,
                     found_inf=found_inf, decoupled_weight_decay=True, amsgrad=False,
                     beta1=beta1, beta2=beta2, maximize=False, **hyper)
                 masters += [s["master"] for s in states]
                 weights += folded
-            pending = [p for p in group["params"] if id(p) in direct]
-            if pending:
-                self._step_one_pass(index, pending, scale, found_inf, beta1, beta2, **hyper)
         if weights:
             torch._foreach_copy_(weights, masters)  # a skipped step copies the old masters
-        for p in weights:
-            p.main_grad = None
+        for p in self.all_params:
+            p.grad = None
+        if self.reducer is not None:
+            self.reducer.reset()
+        else:
+            for p in self.all_params:
+                p.main_grad = None
         self._global_grad_norm, self.found_inf = norm, found_inf
 
-    def _step_one_pass(self, group_index, params, scale, found_inf, beta1, beta2,
+    def _step_one_pass(self, launch_key, params, grads, scale, found_inf, beta1, beta2,
                        **hyper) -> None:
+        """The kernel's update of params (one group, gradients of one dtype)."""
         from megatron.trainer.adamw_bf16_kernel import AdamWLaunches, adamw_bf16_
         states = [self.state[p] for p in params]
         tensors = (params, [s["master"] for s in states], [s["exp_avg"] for s in states],
@@ -159,21 +209,22 @@ class MasterWeightAdamW(torch.optim.Optimizer):
         # the launches' tables hold addresses: rebuilt when any changes (a parameter without a
         # gradient this step, optimizer states replaced by a checkpoint load)
         key = tuple(t.data_ptr() for ts in tensors for t in ts)
-        cached = self._launches.get(group_index)
+        cached = self._launches.get(launch_key)
         if cached is None or cached[0] != key:
-            cached = self._launches[group_index] = (key, AdamWLaunches(*tensors))
+            cached = self._launches[launch_key] = (key, AdamWLaunches(*tensors))
         # a skipped step does not count. A list of tensors: a lone 0-d tensor would bind to
         # the Scalar overload and be read with .item(), a host sync
         torch._foreach_add_(tensors[4], [1.0 - found_inf] * len(params))
-        adamw_bf16_(cached[1], [p.grad for p in params], scale, found_inf, beta1=beta1,
-                    beta2=beta2, **hyper)
-        for p in params:
-            p.grad = None
+        adamw_bf16_(cached[1], grads, scale, found_inf, beta1=beta1, beta2=beta2, **hyper)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.all_params:
             p.grad = None
-            p.main_grad = None
+        if self.reducer is not None:
+            self.reducer.reset()  # the buckets stay; the next step overwrites them
+        else:
+            for p in self.all_params:
+                p.main_grad = None
 
     @torch.no_grad()
     def refresh_fp32_params(self) -> None:

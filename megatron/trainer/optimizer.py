@@ -28,8 +28,10 @@ def build_optimizer(model: torch.nn.Module, ocfg: OptimizerConfig) -> torch.opti
 
 
 def build_master_weight_optimizer(model: torch.nn.Module, ocfg: OptimizerConfig,
-                                  layout: ParallelLayout):
-    """AdamW over fp32 masters of the (bf16) model, clipping to --clip-grad itself."""
+                                  layout: ParallelLayout,
+                                  communication_dtype: torch.dtype = torch.bfloat16):
+    """AdamW over fp32 masters of the (bf16) model, clipping to --clip-grad itself; at DP > 1
+    gradients are all-reduced in communication_dtype."""
     from megatron.trainer.master_adamw import MasterWeightAdamW
     groups = param_groups(model)
     for g in groups:
@@ -37,4 +39,6 @@ def build_master_weight_optimizer(model: torch.nn.Module, ocfg: OptimizerConfig,
     return MasterWeightAdamW(groups, lr=ocfg.lr, betas=(ocfg.adam_beta1, ocfg.adam_beta2),
                              eps=ocfg.adam_eps, weight_decay=ocfg.weight_decay,
                              clip_grad=ocfg.clip_grad, dp_size=layout.dp,
-                             tp_group=layout.tp_group if layout.tp > 1 else None)
+                             tp_group=layout.tp_group if layout.tp > 1 else None,
+                             dp_group=layout.dp_group, model_order=list(model.parameters()),
+                             communication_dtype=communication_dtype)

@@ -7,10 +7,11 @@ in near-zero gradients, e.g. of the key bias, into updates of that size); bf16 l
 5e-4 and grad norms 5e-3 against a bf16 single-process run (parameters are not compared: bf16
 rounding of updates differs with the layout). The bf16 reference runs our fp32-master AdamW
 (--bf16-optimizer local, the default at DP 1); DeepSpeed's BF16_Optimizer (ZeRO-1) on one rank
-and on 2 x 2 x 2, and ours at DP 2 and TP 2 x DP 2, must agree with it. Also: ZeRO 0/1/2 (PP = 1) and ZeRO 0/1 with PP, several micro-batches per step (global batch 8 of
-micro-batches of 2), tied and untied embeddings, bf16 (looser tolerance), and activation
-checkpointing (identical losses, grad norms and parameters, with dropout on so the recomputation
-must replay the dropout streams). One run_on_ranks spawn per world size; every layout of that
+and on 2 x 2 x 2, and ours at DP 2, DP 4 (one micro-batch per rank) and TP 2 x DP 2, must
+agree with it. Also: ZeRO 0/1/2 (PP = 1) and ZeRO 0/1 with PP, several micro-batches per step
+(global batch 8 of micro-batches of 2), tied and untied embeddings, bf16 (looser tolerance),
+and activation checkpointing (identical losses, grad norms and parameters, with dropout on so
+the recomputation must replay the dropout streams). One run_on_ranks spawn per world size; every layout of that
 size runs inside the ranks (parallel_state re-initialised, torch.distributed kept).
 """
 import numpy as np
@@ -52,6 +53,7 @@ CASES = {
     "1x1x2_zero0": (1, 1, 2, ["--zero-stage", "0"], "ref", FP32),
     "1x1x2_zero2": (1, 1, 2, ["--zero-stage", "2"], "ref", FP32),
     "1x1x2_bf16_local": (1, 1, 2, BF16 + ["--bf16-optimizer", "local"], "ref_bf16", LOOSE),
+    "1x1x4_bf16_local": (1, 1, 4, BF16 + ["--bf16-optimizer", "local"], "ref_bf16", LOOSE),
     "2x2x1": (2, 2, 1, [], "ref", FP32),
     "2x1x2": (2, 1, 2, [], "ref", FP32),
     "2x1x2_bf16_local": (2, 1, 2, BF16 + ["--bf16-optimizer", "local"], "ref_bf16", LOOSE),

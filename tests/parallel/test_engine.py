@@ -230,3 +230,33 @@ def test_training_steps_do_not_synchronize_the_device(extra):
     """The host must be free to queue the next step while the device runs this one (a
     synchronize per forward and per step left an H100 idle while the next batch was read)."""
     assert run_on_ranks(_device_syncs_in_steps, 1, args=(extra,), timeout=300) == [0]
+
+
+def _reduction_overlaps(rank, world_size):
+    import torch
+
+    from megatron.data.batch import Batch
+    from megatron.trainer import grad_reducer
+    grad_reducer.BUCKET_NUMEL = 3000  # several buckets for this tiny model
+    engine, model = _tiny_engine(world_size, 0, ("--bf16", "--bf16-optimizer", "local",
+                                                 "--num-layers", "2"))
+    reducer = engine.optimizer.reducer
+    mbs, T, V = 2, 8, 128
+    tokens = torch.randint(0, V, (2, mbs, T), generator=torch.Generator().manual_seed(rank))
+    micro = [Batch(t, torch.roll(t, -1, 1), torch.ones(mbs, T), torch.arange(T).expand(mbs, T))
+             for t in tokens]
+    out = []
+    for accum in (2, 1, 2):
+        engine.set_global_batch_size(accum * mbs * world_size)
+        engine.train_step(micro[:accum], accum * mbs * world_size)
+        out.append((reducer.overlapped, reducer.waited, len(reducer.buckets)))
+    return out
+
+
+def test_local_optimizer_reduces_every_bucket_during_the_last_backward():
+    """--bf16-optimizer local at DP 2 through the engine: the buckets follow the model's order,
+    so each is all-reduced during the step's last backward (parameter-group order would put
+    every layer's biases in the first bucket, which waits for the end of the backward)."""
+    for per_step in run_on_ranks(_reduction_overlaps, 2, timeout=300):
+        for overlapped, waited, buckets in per_step:
+            assert buckets > 2 and overlapped == buckets and waited == 0

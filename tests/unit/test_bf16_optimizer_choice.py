@@ -73,3 +73,27 @@ def test_checkpoint_of_deepspeeds_optimizer_is_refused_by_the_local_one(tmp_path
     with pytest.raises(ValueError, match="bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt.*"
                                          "--bf16-optimizer deepspeed"):
         check_optimizer_files(str(tmp_path), "global_step4", local_bf16=True)
+
+
+def test_local_communication_dtype_is_deepspeeds_key(tmp_path):
+    """--bf16-optimizer local all-reduces in DeepSpeed's communication_data_type: bf16 unless
+    the JSON says fp32 (as DeepSpeed for bf16); another value is refused by name, and the key
+    does not reach DeepSpeed (which would run its own reduction as an fp32 run)."""
+    import json
+
+    import torch
+
+    from megatron.trainer.ds_config import local_communication_dtype
+    flags = ["--bf16", "--bf16-optimizer", "local"]
+    assert local_communication_dtype(_cfg(*flags), 2) == torch.bfloat16
+    for value, dtype in (("fp32", torch.float32), ("BF16", torch.bfloat16), ("fp16", None)):
+        path = tmp_path / f"{value}.json"
+        path.write_text(json.dumps({"bf16": {"enabled": True},
+                                    "communication_data_type": value}))
+        cfg = _cfg(*flags, "--deepspeed_config", str(path))
+        if dtype is None:
+            with pytest.raises(ValueError, match=f"{path}.*communication_data_type 'fp16'"):
+                local_communication_dtype(cfg, 2)
+        else:
+            assert local_communication_dtype(cfg, 2) == dtype
+            assert "communication_data_type" not in build_deepspeed_config(cfg, 2)
