@@ -97,7 +97,9 @@ def add_training_flags(t) -> None:
     t.add("--bf16-optimizer", default="auto", choices=["auto", "deepspeed", "local"],
           help="bf16 master-weight optimizer: 'deepspeed' (BF16_Optimizer / ZeRO, sharded over "
                "DP), 'local' (fp32 masters and Adam moments on every rank, fused, no host sync "
-               "in its step; PP 1), 'auto': local where nothing would be sharded (DP 1, PP 1).")
+               "in its step, gradients all-reduced during the backward in the JSON's "
+               "communication_data_type, bf16 by default; PP 1), 'auto': local where nothing "
+               "would be sharded (DP 1, PP 1).")
     t.add("--deepspeed-activation-checkpointing", action="store_true", no_effect=True,
           help="Accepted for compatibility: --checkpoint-activations recomputes each layer "
                "(same results as DeepSpeed's checkpointing); no effect on its own.")
