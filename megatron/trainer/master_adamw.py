@@ -101,8 +101,8 @@ class MasterWeightAdamW(torch.optim.Optimizer):
 
     def get_grads_for_reduction(self):
         """DeepSpeed's hook at the accumulation boundary: (grads to all-reduce, expert grads).
-        None: at DP > 1 the reducer has all-reduced them during the backward; at DP 1 the last
-        micro-batch's bf16 gradients stay pending for the one-pass kernel."""
+        Nothing: at DP > 1 the reducer has all-reduced them during the backward; at DP 1 the
+        last micro-batch's bf16 gradients stay pending for the one-pass kernel."""
         return [], {}
 
     def before_backward(self, last: bool) -> None:
@@ -139,8 +139,9 @@ class MasterWeightAdamW(torch.optim.Optimizer):
 
     def _final_grads(self) -> dict:
         """{id(p): p's gradient for the update} of the parameters that have one, after folding
-        where needed: the summed fp32 main_grad at DP > 1; at DP 1 main_grad plus the last
-        pending .grad, or the bf16 .grad alone (one micro-batch) where the kernel takes it."""
+        where needed: at DP > 1 main_grad, summed over ranks (bf16 or fp32); at DP 1 the fp32
+        main_grad plus the last pending .grad, or the bf16 .grad alone (one micro-batch) where
+        the kernel takes it."""
         if self.reducer is not None:
             self.reducer.finish()  # every main_grad: the sum over DP ranks
             return {id(p): p.main_grad for p in self.all_params}
