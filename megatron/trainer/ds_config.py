@@ -65,9 +65,10 @@ def build_deepspeed_config(cfg: Config, world_size: int) -> dict:
     ds.setdefault("timers", {}).setdefault("throughput", {}).setdefault("enabled", False)
     if uses_local_bf16_optimizer(cfg, world_size):
         # DeepSpeed runs our optimizer as an fp32 client one at stage 0: no bf16 wrapper, no
-        # clipping of its own (the optimizer clips on the device), fp32 gradient all-reduce
+        # clipping of its own (the optimizer clips on the device), nothing to all-reduce (the
+        # optimizer does it during the backward)
         ds.pop("data_types", None)
-        ds.pop("communication_data_type", None)  # our optimizer all-reduces (grad_reducer.py)
+        ds.pop("communication_data_type", None)  # read by local_communication_dtype
         ds.update(bf16={"enabled": False}, fp16={"enabled": False}, gradient_clipping=0.0)
         ds.setdefault("zero_optimization", {})["stage"] = 0
         return ds
