@@ -38,23 +38,24 @@ def load_events(path: str) -> tuple[list, list]:
     return gpu, cpu
 
 
+def merged(intervals: list) -> list:
+    """Sorted, non-overlapping [start, end] covering the same time as (start, end) intervals."""
+    out: list = []
+    for start, end in sorted(intervals):
+        if out and start <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], end)
+        else:
+            out.append([start, end])
+    return out
+
+
 def idle_gaps(gpu: list, min_gap_us: float) -> tuple[float, float, list]:
     """(busy us, window us, [(gap start, gap end)]) of the merged GPU intervals."""
     if not gpu:
         raise ValueError("the trace has no GPU activity (kernels, memcpys, memsets)")
-    gpu = sorted(gpu)
-    busy, gaps = 0.0, []
-    cur_start, cur_end = gpu[0]
-    for start, end in gpu[1:]:
-        if start > cur_end:
-            busy += cur_end - cur_start
-            if start - cur_end >= min_gap_us:
-                gaps.append((cur_end, start))
-            cur_start, cur_end = start, end
-        else:
-            cur_end = max(cur_end, end)
-    busy += cur_end - cur_start
-    return busy, gpu[-1][1] - gpu[0][0], gaps
+    spans = merged(gpu)
+    gaps = [(a[1], b[0]) for a, b in zip(spans, spans[1:]) if b[0] - a[1] >= min_gap_us]
+    return sum(e - s for s, e in spans), spans[-1][1] - spans[0][0], gaps
 
 
 def attribute(gap: tuple, cpu: list) -> str:

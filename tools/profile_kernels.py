@@ -18,8 +18,11 @@ import argparse
 import json
 import sys
 from collections import defaultdict
+from pathlib import Path
 
-GPU_CATS = {"kernel", "gpu_memcpy", "gpu_memset"}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from profile_gaps import GPU_CATS, merged  # noqa: E402 (the sibling tool)
+
 KINDS = [  # (kind, substrings of the lower-cased name), first match wins
     ("communication", ("nccl",)),
     ("attention", ("sdpa", "flash", "fmha", "attn", "attention", "cudnn")),
@@ -49,17 +52,6 @@ def load_kernels(path: str) -> list:
             out.append((start, start + float(e["dur"]), e.get("name", "?")))
     if not out:
         raise ValueError("the trace has no GPU activity (kernels, memcpys, memsets)")
-    return out
-
-
-def merged(intervals: list) -> list:
-    """Sorted, non-overlapping [start, end] covering the same time."""
-    out: list = []
-    for start, end in sorted(intervals):
-        if out and start <= out[-1][1]:
-            out[-1][1] = max(out[-1][1], end)
-        else:
-            out.append([start, end])
     return out
 
 
