@@ -46,6 +46,10 @@ class _Bucket:
         self.ready: set = set()  # ids of its parameters done in this step's last backward
         self.work = None  # the all-reduce in flight
 
+    @property
+    def complete(self) -> bool:
+        return len(self.ready) == len(self.params)
+
 
 class OverlappedGradReducer:
     def __init__(self, params: list, group, dtype: torch.dtype = torch.float32,
@@ -112,18 +116,15 @@ class OverlappedGradReducer:
         if self.last_backward:
             bucket = self._bucket_of[id(p)]
             bucket.ready.add(id(p))
-            if len(bucket.ready) == len(bucket.params) and bucket is not self._next():
+            if bucket.complete and bucket is not self._next():
                 self.held_back += 1
-            while self.next_bucket < len(self.buckets) and self._complete(self.next_bucket):
+            while self._next() is not None and self._next().complete:
                 self._launch_next()
                 self.launched_in_backward += 1
 
     def _next(self) -> Optional[_Bucket]:
+        """The first bucket not yet all-reduced in this step, if any."""
         return self.buckets[self.next_bucket] if self.next_bucket < len(self.buckets) else None
-
-    def _complete(self, index: int) -> bool:
-        bucket = self.buckets[index]
-        return len(bucket.ready) == len(bucket.params)
 
     def _launch_next(self) -> None:
         bucket = self.buckets[self.next_bucket]
