@@ -64,11 +64,14 @@ class SelfAttention(nn.Module):
         cfg = self.cfg
         B, T, _ = x.shape
         qkv, _ = self.qkv(x)  # (B, T, nh * 3 * hs)
-        q, k, v = qkv.view(B, T, self.num_heads, 3, self.head_dim).permute(3, 0, 2, 1, 4)  # (B, nh, T, hs)
+        q, k, v = qkv.view(B, T, self.num_heads, 3, self.head_dim).unbind(3)  # (B, T, nh, hs)
         if cfg.position_embedding_type == "rope":
             cos, sin = rotary if rotary is not None else rotary_cos_sin(
                 position_ids, rotary_dim(self.head_dim, cfg.rotary_percent), cfg.rotary_base)
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        # (B, nh, T, hs) views of token-major memory: the kernels' outputs keep q's layout, so
+        # y's transpose back to (B, T, H) below, and its gradient, need no copies
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if self.kv_cache is not None:
             y = self._attend_cached(q, k, v, position_ids, prefix_lengths, document_ids)
         elif self.recompute_core and self.training and torch.is_grad_enabled():

@@ -22,11 +22,11 @@ def rotary_dim(head_dim: int, rotary_percent: float) -> int:
 
 
 def rotary_cos_sin(position_ids: torch.Tensor, rot_dim: int, base: float):
-    """position_ids (B, T) -> cos, sin each (B, 1, T, rot_dim) in fp32."""
+    """position_ids (B, T) -> cos, sin each (B, T, 1, rot_dim) in fp32, for (B, T, nh, hs) q/k."""
     exponent = torch.arange(0, rot_dim, 2, dtype=torch.int64, device=position_ids.device).float()
     inv_freq = 1.0 / (base ** (exponent / rot_dim))  # (rot/2,)
     freqs = position_ids[..., None].float() * inv_freq  # (B, T, rot/2)
-    emb = torch.cat([freqs, freqs], dim=-1)[:, None]  # (B, 1, T, rot)
+    emb = torch.cat([freqs, freqs], dim=-1)[:, :, None]  # (B, T, 1, rot)
     return emb.cos(), emb.sin()
 
 
@@ -36,7 +36,7 @@ def _rotate_half(x):
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x (B, nh, T, hs); rotates the first cos.shape[-1] dims, passes the rest through.
+    """x (B, T, nh, hs), cos/sin (B, T, 1, rot); rotates the first rot dims, passes the rest.
 
     Computed in x's dtype (cos/sin are made in fp32, then cast), as Megatron-LM and HF do: an
     fp32 round trip of q and k costs more memory traffic than the rotation itself."""

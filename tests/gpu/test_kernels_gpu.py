@@ -66,9 +66,9 @@ def test_eager_sdpa_flex_agree_on_gpu(kind, alibi, dtype, tol):
 @pytest.mark.parametrize("pe", ["rope", "alibi"])
 @pytest.mark.parametrize("kind", ["causal", "prefix", "documents"])
 def test_full_model_same_loss_and_grads_with_each_kernel_and_compiled(pe, kind):
-    """GPTModel (fp32) with the eager, SDPA and FlexAttention kernels, and with FlexAttention
-    inside --torch-compile'd layers (block mask built once per forward): equal losses and
-    gradients."""
+    """GPTModel (fp32) with the eager, SDPA and FlexAttention kernels, and with SDPA and
+    FlexAttention inside --torch-compile'd layers (block mask built once per forward; q, k, v
+    as token-major strided views): equal losses and gradients."""
     from megatron.config.schema import ModelConfig, ParallelConfig
     from megatron.model.compile import compile_layers
     from megatron.model.gpt import GPTModel
@@ -81,7 +81,7 @@ def test_full_model_same_loss_and_grads_with_each_kernel_and_compiled(pe, kind):
     tokens = torch.randint(0, 512, (B, T), generator=g).to(dev)
     labels = torch.roll(tokens, -1, 1)
     results = {}
-    for name in ("eager", "sdpa", "flex", "flex_compiled"):
+    for name in ("eager", "sdpa", "flex", "sdpa_compiled", "flex_compiled"):
         cfg = ModelConfig(num_layers=2, hidden_size=256, num_attention_heads=NH, seq_length=T,
                           vocab_size=512, hidden_dropout=0.0, attention_dropout=0.0,
                           position_embedding_type=pe,

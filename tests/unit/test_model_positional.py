@@ -42,15 +42,17 @@ def test_alibi_bias_equals_bloom_up_to_row_constant_under_causal_mask():
 
 def test_rotary_partial_rotates_only_leading_dims_and_preserves_relative_scores():
     B, nh, T, hs, rot = 1, 2, 6, 8, 4
-    q, k = torch.randn(B, nh, T, hs), torch.randn(B, nh, T, hs)
-    cos, sin = rotary_cos_sin(torch.arange(T)[None], rot, 10000.0)
+    q, k = torch.randn(B, T, nh, hs), torch.randn(B, T, nh, hs)
+    cos, sin = rotary_cos_sin(torch.arange(T)[None], rot, 10000.0)  # (B, T, 1, rot)
     qr, kr = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
     torch.testing.assert_close(qr[..., rot:], q[..., rot:])
     torch.testing.assert_close(kr[..., rot:], k[..., rot:])
     # shifting all positions leaves q.k unchanged (relative encoding)
     cos2, sin2 = rotary_cos_sin(torch.arange(T)[None] + 5, rot, 10000.0)
-    s1 = apply_rotary(q, cos, sin) @ apply_rotary(k, cos, sin).transpose(-1, -2)
-    s2 = apply_rotary(q, cos2, sin2) @ apply_rotary(k, cos2, sin2).transpose(-1, -2)
+    def scores(cos, sin):  # (B, nh, T, T)
+        qh, kh = (apply_rotary(t, cos, sin).transpose(1, 2) for t in (q, k))
+        return qh @ kh.transpose(-1, -2)
+    s1, s2 = scores(cos, sin), scores(cos2, sin2)
     torch.testing.assert_close(s1, s2, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(qr[..., :rot], q[..., :rot])
 
@@ -83,7 +85,7 @@ def test_rotary_tables_made_once_per_forward_equal_each_layers_own(tp1_layout):
         block_mask, (cos, sin) = shared_layer_inputs(model.layers[0], 16, p, None, None,
                                                      torch.float32)
         assert block_mask is None  # SDPA on CPU: no FlexAttention mask to share
-        assert cos.shape == (2, 1, 16, 4)
+        assert cos.shape == (2, 16, 1, 4)  # (B, T, 1, rot) for (B, T, nh, hs) q and k
         with torch.no_grad():
             h = model.embedding(tokens, p)
             for layer in model.layers:
