@@ -16,7 +16,7 @@ from megatron.parallel.norms import counted_here, global_norm
 from megatron.trainer.ds_config import (build_deepspeed_config, local_communication_dtype,
                                         uses_local_bf16_optimizer)
 from megatron.trainer.engine import PendingStep, StepResult, TrainEngine
-from megatron.trainer.host_copy import to_host
+from megatron.trainer.host_copy import DeviceClock, to_host
 from megatron.trainer.optimizer import build_master_weight_optimizer, build_optimizer
 from megatron.trainer.schedules import build_lr_scheduler
 
@@ -74,6 +74,8 @@ class DeepSpeedTrainEngine(TrainEngine):
             model=model, optimizer=optimizer, config=self.ds_config, mpu=_MegatronMPU(layout),
             dist_init_required=False)
         self.model = model
+        # when each step's work ends on the device, for the logged step times
+        self._clock = DeviceClock() if layout.device.type == "cuda" else None
         self.grad_accum = self.ds_config["gradient_accumulation_steps"]
         # DeepSpeed's ZeRO, bf16 and fp16 optimizers skip a step whose gradients are not finite
         # (and report it through was_step_applied); its plain fp32 path does not, so we check.
@@ -192,9 +194,11 @@ class DeepSpeedTrainEngine(TrainEngine):
         elif not skipped:
             skipped = not self.engine.was_step_applied()  # DeepSpeed's optimizers decided
         staged = to_host(on_device)
+        end = self._clock.mark() if self._clock is not None else None
         if before_sync is not None:
             before_sync()  # host work while the device runs this step
-        self._in_flight = PendingStep(lambda: self._finish(staged, norm, skipped, samples, norms))
+        self._in_flight = PendingStep(lambda: self._finish(staged, norm, skipped, samples, norms),
+                                      device_time=end.time if end is not None else None)
         return self._in_flight
 
     def _finish(self, staged, norm, skipped: bool, samples: int, norms) -> StepResult:

@@ -21,18 +21,25 @@ class StepResult:
 
 class PendingStep:
     """A training step whose device work is queued. result() waits for it (the first call
-    only) and returns its StepResult; finished_at is the perf_counter() time that happened."""
+    only) and returns its StepResult. Then observed_at is the perf_counter() time that
+    happened, and finished_at the time the step's work finished: device_time() where the
+    engine gives it (the device may have finished long before the host looked), else the
+    same as observed_at."""
 
-    def __init__(self, resolve: Callable[[], StepResult]):
+    def __init__(self, resolve: Callable[[], StepResult],
+                 device_time: Optional[Callable[[], float]] = None):
         self._resolve: Optional[Callable[[], StepResult]] = resolve
+        self._device_time = device_time
         self._result: Optional[StepResult] = None
         self.finished_at: Optional[float] = None
+        self.observed_at: Optional[float] = None
 
     def result(self) -> StepResult:
         if self._resolve is not None:
             resolve, self._resolve = self._resolve, None
             self._result = resolve()
-            self.finished_at = time.perf_counter()
+            self.observed_at = time.perf_counter()
+            self.finished_at = self._device_time() if self._device_time else self.observed_at
         return self._result
 
     @classmethod

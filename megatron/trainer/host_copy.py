@@ -1,6 +1,8 @@
 """Read device scalars on the host later, without making the host wait now."""
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
@@ -24,6 +26,41 @@ def to_host(values: dict) -> Callable[[], dict]:
         copied.synchronize()
         return dict(zip(names, host.tolist()))
     return wait
+
+
+@dataclass
+class DeviceMark:
+    """A CUDA timing event and the anchor it is read against."""
+    event: torch.cuda.Event
+    anchor: torch.cuda.Event
+    anchor_time: float  # perf_counter() when the device reached `anchor`
+
+    def time(self) -> float:
+        """perf_counter() time at which the device reached the event (it must have)."""
+        return self.anchor_time + self.anchor.elapsed_time(self.event) / 1e3
+
+
+class DeviceClock:
+    """When the device reached a point of its queue, on the host's perf_counter() clock: not
+    when the host looked, which in overlapped steps is up to a step later. Events are timed
+    against an anchor event recorded at a synchronize (its host time known); the anchor is
+    renewed every `reanchor_s` seconds, so host and device clock drift stays negligible."""
+
+    def __init__(self, reanchor_s: float = 300.0):
+        self.reanchor_s = reanchor_s
+        self._anchor: Optional[torch.cuda.Event] = None
+        self._anchor_time = 0.0
+
+    def mark(self) -> DeviceMark:
+        """A mark at this point of the current stream (a synchronize first if one is due)."""
+        if self._anchor is None or time.perf_counter() - self._anchor_time > self.reanchor_s:
+            anchor = torch.cuda.Event(enable_timing=True)
+            anchor.record()
+            anchor.synchronize()
+            self._anchor, self._anchor_time = anchor, time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return DeviceMark(event, self._anchor, self._anchor_time)
 
 
 class MaxOverRanksLater:

@@ -107,7 +107,7 @@ class Trainer:
         train_iter = iter(self.data.train_loader)
         start_time = time.monotonic()
         elapsed_minutes = MaxOverRanksLater(self.layout.device)  # every rank exits together
-        self._interval, self._last_finished = _new_interval(), 0.0
+        self._interval, self._last_finished, self._last_observed = _new_interval(), 0.0, 0.0
         last_eval = None
         in_flight = None  # (PendingStep, StepRecord) of a step whose results are not used yet
         ahead = {}  # consumed samples -> the micro-batches read for that step during the last
@@ -205,10 +205,13 @@ class Trainer:
         pending, record = in_flight
         cfg, interval = self.cfg, self._interval
         result = pending.result()
-        # from when the host began the step, or when the step before it finished if the host
-        # began it earlier (steps overlapping on the host)
-        dt = pending.finished_at - max(record.t0, self._last_finished)
-        self._last_finished = pending.finished_at
+        # from when the step before it finished, if the host began this step before it saw
+        # that (steps overlapping), else from when the host began this step; finished_at is
+        # the device's time, so the last step before a wait is not cut short by the time the
+        # host took to look at the one before it
+        overlapped = record.t0 < self._last_observed
+        dt = pending.finished_at - (self._last_finished if overlapped else record.t0)
+        self._last_finished, self._last_observed = pending.finished_at, pending.observed_at
         interval["samples"] += record.gbs
         interval["loss"] += result.loss
         if self._spikes_before_update:

@@ -53,3 +53,28 @@ def test_starting_a_step_makes_no_host_sync(micro_batches, extra):
     [losses] = run_on_ranks(_start_steps_in_error_mode, 1, args=(micro_batches, extra),
                             timeout=300)
     assert len(losses) == 5 and losses[-1] < losses[0]  # it trained
+
+
+def test_a_step_finishes_when_the_device_does_not_when_the_host_looks():
+    """PendingStep.finished_at comes from a CUDA event read against DeviceClock's anchor, so
+    the loop's step times (the log's step ms and tokens/s) do not depend on when the host reads
+    a step's results: in overlapped steps the host reads each step up to a step late."""
+    import time
+
+    from megatron.trainer.engine import PendingStep, StepResult
+    from megatron.trainer.host_copy import DeviceClock, to_host
+
+    clock = DeviceClock()
+    clock.mark()  # the anchor
+    x = torch.ones((), device="cuda")
+    torch.cuda._sleep(100_000_000)  # keeps the device busy for tens of ms
+    staged = to_host({"x": x * 2})
+    end = clock.mark()
+    step = PendingStep(lambda: StepResult(loss=staged()["x"], grad_norm=None, lr=0.0,
+                                          skipped=False), device_time=end.time)
+    torch.cuda.synchronize()
+    device_done = time.perf_counter()
+    time.sleep(0.3)  # the host looks late
+    assert step.result().loss == 2.0
+    assert step.observed_at - device_done >= 0.3
+    assert abs(step.finished_at - device_done) < 0.005, (step.finished_at, device_done)
