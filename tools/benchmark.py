@@ -8,7 +8,10 @@ Runs warm-up steps, then `--steps` timed steps through the full training path (D
 engine, bf16 with fp32 master weights on GPUs, data loader, logging), and prints tokens/s,
 TFLOP/s per GPU, MFU against both the datasheet peak and a bf16 8192^3 matmul measured in the
 same run, and peak memory (with --time-split, also the ms per step in data loading, forward,
-backward and optimizer). Flags after `--` go to pretrain_gpt.py and override the preset.
+backward and optimizer). On GPUs it also reports rank 0's SM clock, power draw and how often
+the driver capped the power during the timed steps (tools/gpu_clocks.py): a card at its power
+limit runs below its top clock, the matmul peak measured before the run included. Flags after
+`--` go to pretrain_gpt.py and override the preset.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))  # sibling tools (gpu_clocks)
 
 VOCAB = 50303  # NullTokenizer ids; + eod = 50304, GPT-2's padded size
 
@@ -128,8 +132,17 @@ def main(argv=None) -> int:
     else:
         flags += ["--deepspeed_config", "ds_configs/zero1.json"]
     os.chdir(ROOT)
+    sampler = None
+    if on_gpu and os.environ.get("RANK", "0") == "0":  # rank 0 watches its own GPU
+        from gpu_clocks import ClockSampler, torch_gpu_id
+        sampler = ClockSampler(torch_gpu_id(torch.cuda.current_device()))
+        if not sampler.start():
+            sampler = None
     import pretrain_gpt
-    trainer = pretrain_gpt.main(flags + extra)
+    try:
+        trainer = pretrain_gpt.main(flags + extra)
+    finally:
+        samples = sampler.stop() if sampler else []
     import torch.distributed as dist
     mem_per_rank = [None] * trainer.layout.world_size  # peak GiB of every GPU
     dist.all_gather_object(mem_per_rank, torch.cuda.max_memory_allocated() / 2**30
@@ -150,6 +163,12 @@ def main(argv=None) -> int:
               "losses": {h["iteration"]: h["loss"] for h in steps}, "flags": flags + extra}
     if peak and on_gpu:
         result["mfu_measured_peak_pct"] = 100 * tflops / peak
+    if samples:  # the timed steps: from the log of the step before them to the last one's
+        from gpu_clocks import format_summary, summarize
+        before = steps[-args.steps - 1]["logged at"] if len(steps) > args.steps else None
+        result["gpu_clocks"] = summarize(samples, before, timed[-1]["logged at"])
+        if result["gpu_clocks"]:
+            print("GPU during the timed steps: " + format_summary(result["gpu_clocks"]))
     phases = sorted({k for h in timed for k in h if k.endswith(" ms") and k != "step ms"})
     if phases:
         result["split_ms"] = {k[:-3]: sum(h.get(k, 0.0) for h in timed) / len(timed)

@@ -269,7 +269,9 @@ class Trainer:
             values["mem GiB"] = torch.cuda.max_memory_allocated() / 2**30
         self.log(format_log_line(values))
         numeric = {k: v for k, v in values.items() if isinstance(v, (int, float))}
-        self.history.append(dict(numeric, iteration=p.iteration))
+        entry = dict(numeric, iteration=p.iteration)
+        entry["logged at"] = time.time()  # wall clock, for tools that watch the run
+        self.history.append(entry)
         self.tb.scalars({f"train/{k}": v for k, v in numeric.items()}, p.iteration,
                         p.consumed_samples, p.consumed_tokens)
         if layers:

@@ -9,7 +9,7 @@ from distributed import run_on_ranks
 
 pytestmark = pytest.mark.slow
 
-TIMING = ("step ms", "tokens/s")
+TIMING = ("step ms", "tokens/s", "logged at")
 
 
 def _history(rank, world_size, argv, overlap):
