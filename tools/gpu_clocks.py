@@ -108,14 +108,15 @@ def torch_gpu_id(device_index: int = 0) -> str:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "--" not in argv:
-        print("usage: gpu_clocks.py [--gpu ID] [--interval-ms N] -- COMMAND ...", file=sys.stderr)
-        return 2
-    cmd = argv[argv.index("--") + 1:]
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    split = argv.index("--") if "--" in argv else len(argv)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                usage="%(prog)s [--gpu ID] [--interval-ms N] -- COMMAND ...")
     p.add_argument("--gpu", default="0", help="nvidia-smi's index or UUID of the GPU to watch.")
     p.add_argument("--interval-ms", type=int, default=250)
-    args = p.parse_args(argv[:argv.index("--")])
+    args = p.parse_args(argv[:split])
+    cmd = argv[split + 1:]
+    if not cmd:
+        p.error("give the command to watch after --")
     sampler = ClockSampler(args.gpu, args.interval_ms)
     if not sampler.start():
         print("gpu_clocks.py: nvidia-smi could not be run", file=sys.stderr)

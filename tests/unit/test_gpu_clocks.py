@@ -96,3 +96,9 @@ def test_cli_wraps_a_command_and_reports_the_clocks(fake_smi):
     assert out.returncode == 3  # the wrapped command's exit status
     assert "GPU SM clock" in out.stdout and "power-capped" in out.stdout
     assert "of 700 W" not in out.stdout and "W of 700" in out.stdout
+
+
+def test_cli_without_a_command_says_so():
+    out = subprocess.run([sys.executable, str(ROOT / "tools/gpu_clocks.py"), "--gpu", "0"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "give the command to watch after --" in out.stderr
