@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime
 
@@ -73,15 +74,19 @@ class ClockSampler:
     def __init__(self, gpu: str = "0", interval_ms: int = 250, command: list | None = None):
         self.command = command or ["nvidia-smi", "-i", gpu, "--query-gpu=" + ",".join(FIELDS),
                                    "--format=csv,noheader,nounits", "-lms", str(interval_ms)]
-        self.proc = None
+        self.proc = self.out = None
 
     def start(self) -> bool:
         """Starts sampling; False (and no sampling) where the command cannot run."""
+        # into a file, not a pipe: nobody reads until stop(), and a full pipe (64 KiB, a few
+        # minutes of samples) would stall the sampler for the rest of a long run
+        self.out = tempfile.TemporaryFile(mode="w+")
         try:
-            self.proc = subprocess.Popen(self.command, stdout=subprocess.PIPE,
-                                         stderr=subprocess.DEVNULL, text=True)
+            self.proc = subprocess.Popen(self.command, stdout=self.out,
+                                         stderr=subprocess.DEVNULL)
         except OSError:
             self.proc = None
+            self.out.close()
         return self.proc is not None
 
     def stop(self) -> list:
@@ -90,12 +95,15 @@ class ClockSampler:
             return []
         self.proc.terminate()
         try:
-            out, _ = self.proc.communicate(timeout=10)
+            self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            out, _ = self.proc.communicate()
+            self.proc.wait()
         self.proc = None
-        return [s for s in map(parse_line, out.splitlines()) if s is not None]
+        self.out.seek(0)
+        lines = self.out.read().splitlines()
+        self.out.close()
+        return [s for s in map(parse_line, lines) if s is not None]
 
 
 def torch_gpu_id(device_index: int = 0) -> str:

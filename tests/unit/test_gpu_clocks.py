@@ -23,6 +23,8 @@ FAKE_SMI = textwrap.dedent("""\
     import sys, time
     from datetime import datetime
     assert any(a.startswith("--query-gpu=") for a in sys.argv), sys.argv
+    for _ in range(int(sys.argv[-1]) if sys.argv[-1].isdigit() else 0):  # a backlog first
+        print("2026/01/01 00:00:00.000, 1980, 1980, 100.0, 700.00, 40, 0x0000000000000000")
     i = 0
     while True:  # every other sample power-capped at 1600 MHz, the others cool at 1980
         t = datetime.now().strftime("%Y/%m/%d %H:%M:%S.%f")[:-3]
@@ -79,6 +81,19 @@ def test_sampler_collects_samples_from_its_child_process(fake_smi):
     summary = gpu_clocks.summarize(samples)
     assert 30 <= summary["power_capped_pct"] <= 70
     assert 1600 < summary["sm_clock_mhz"] < 1980 and summary["sm_clock_min_mhz"] == 1600
+
+
+def test_sampler_keeps_sampling_after_a_long_backlog(fake_smi):
+    """Far more output than a pipe buffer holds (about 7 MB here, hours of nvidia-smi samples)
+    must not stall the sampler: the last second is still sampled."""
+    sampler = gpu_clocks.ClockSampler(command=[str(fake_smi), "--query-gpu=x", "100000"])
+    assert sampler.start()
+    time.sleep(2.0)
+    start = time.time()
+    time.sleep(1.0)
+    samples = sampler.stop()
+    assert len(samples) > 100000
+    assert gpu_clocks.summarize(samples, start)["samples"] >= 5
 
 
 def test_sampler_without_nvidia_smi_starts_nothing(tmp_path):
