@@ -3,7 +3,7 @@
     python tools/gpu_clocks.py -- python tools/benchmark.py --preset 1.3b   # whole command
 
 tools/benchmark.py uses `ClockSampler` for its timed steps. A long bf16 run on an H100 SXM
-holds the card at its power limit (700 W): the driver lowers the SM clock (1550-1790 MHz in
+holds the card at its power limit (700 W): the driver lowers the SM clock (1545-1785 MHz in
 the 1.3B runs of docs/benchmarks.md, against 1980 MHz when cool), so tokens/s follow the energy
 a step needs, and a short matmul measured before the run sees higher clocks than the run does.
 The sampler runs `nvidia-smi --query-gpu ... -lms N` in a child process (NVML through the
