@@ -143,6 +143,7 @@ class TrainingConfig:
     checkpoint_activations: bool = False
     recompute_granularity: Optional[str] = None  # full|selective; full = checkpoint_activations
     torch_compile: bool = False
+    enable_cuda_graph: bool = False  # CUDA graphs of the layers (megatron/model/cuda_graphs.py)
     eval_interval: int = 1000
     eval_iters: int = 10
     # lm-evaluation-harness during training (megatron/eval/periodic.py)

@@ -9,6 +9,7 @@ from typing import Optional
 from megatron.config.schema import Config, ParallelConfig
 
 DEFAULT_PARTITION_METHOD = ParallelConfig.pp_partition_method
+DEFAULT_ZERO_STAGE = 1  # Megatron-DeepSpeed's default
 
 
 class ConfigError(ValueError):
@@ -343,6 +344,42 @@ def check_bf16_optimizer(cfg: Config) -> None:
                           "only (the pipeline engine keeps DeepSpeed's); use deepspeed or auto")
 
 
+def check_cuda_graph(cfg: Config, world_size: int) -> None:
+    """--enable-cuda-graph replays each layer's captured kernels (megatron/model/cuda_graphs.py):
+    nothing in a layer may change between steps but the values of its inputs and weights."""
+    t, m, par = cfg.training, cfg.model, cfg.parallel
+    if not t.enable_cuda_graph:
+        return
+    unsupported = [
+        (par.tensor_model_parallel_size > 1,
+         f"--tensor-model-parallel-size {par.tensor_model_parallel_size} (needs 1)"),
+        (par.pipeline_model_parallel_size > 1,
+         f"--pipeline-model-parallel-size {par.pipeline_model_parallel_size} (needs 1)"),
+        (m.hidden_dropout > 0, f"--hidden-dropout {m.hidden_dropout} (needs 0)"),
+        (m.attention_dropout > 0, f"--attention-dropout {m.attention_dropout} (needs 0)"),
+        (t.checkpoint_activations or t.recompute_granularity is not None,
+         "activation recomputation (--checkpoint-activations / --recompute-granularity)"),
+    ]
+    from megatron.trainer.ds_config import uses_local_bf16_optimizer
+    dp = data_parallel_size(cfg, world_size)
+    ds = check_deepspeed_config(cfg, world_size) or {}
+    stage = t.zero_stage if t.zero_stage is not None else \
+        ds.get("zero_optimization", {}).get("stage", DEFAULT_ZERO_STAGE)
+    unsupported.append((dp > 1, f"data-parallel size {dp} (needs 1: not yet tested on "
+                                f"several GPUs)"))
+    ours = (t.bf16 and uses_local_bf16_optimizer(cfg, world_size)) or \
+        (not t.bf16 and not t.fp16 and stage == 0)
+    unsupported.append((not ours and dp == 1,
+                        f"DeepSpeed's optimizer ({'bf16' if t.bf16 else 'fp16' if t.fp16 else 'fp32'}"
+                        f", ZeRO stage {stage}): it holds the weights' gradient-accumulation "
+                        f"nodes, which a capture cannot use (needs --bf16 with "
+                        f"--bf16-optimizer local or auto, or fp32 at --zero-stage 0)"))
+    bad = [why for hit, why in unsupported if hit]
+    if bad:
+        raise ConfigError("--enable-cuda-graph does not run with " + "; ".join(bad) +
+                          ": change these or remove --enable-cuda-graph")
+
+
 def validate_config(cfg: Config, world_size: int) -> None:
     check_not_implemented(cfg)
     check_eval_harness(cfg)
@@ -355,4 +392,5 @@ def validate_config(cfg: Config, world_size: int) -> None:
     check_batch(cfg, world_size)
     check_deepspeed_config(cfg, world_size)
     check_bf16_optimizer(cfg)
+    check_cuda_graph(cfg, world_size)
     check_data(cfg)

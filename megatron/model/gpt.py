@@ -43,6 +43,7 @@ class GPTModel(nn.Module):
             TransformerLayer(cfg, i + 1, mp_config, self.rng, params_dtype)
             for i in range(cfg.num_layers))
         self.head = OutputHead(cfg, mp_config, params_dtype)
+        self.layer_graphs = None  # CUDA graphs of the layers (cuda_graphs.py), set from outside
 
     def forward(self, tokens, position_ids: Optional[torch.Tensor] = None,
                 prefix_lengths: Optional[torch.Tensor] = None,
@@ -52,6 +53,12 @@ class GPTModel(nn.Module):
         if position_ids is None:
             position_ids = torch.arange(T, device=tokens.device).expand(B, T)
         h = self.embedding(tokens, position_ids)  # (B, T, H)
+        if self.layer_graphs is not None and self.training and torch.is_grad_enabled():
+            _, rotary = shared_layer_inputs(self.layers[0], T, position_ids, prefix_lengths,
+                                            document_ids, h.dtype, with_block_mask=False)
+            out = self.layer_graphs(h, position_ids, prefix_lengths, document_ids, rotary)
+            if out is not None:  # else these inputs do not fit the graphs: run the layers
+                return self.head(out, self.embedding.weight if self.head.tied else None)
         block_mask, rotary = shared_layer_inputs(self.layers[0], T, position_ids, prefix_lengths,
                                                  document_ids, h.dtype) \
             if self.layers else (None, None)

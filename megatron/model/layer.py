@@ -52,18 +52,20 @@ class TransformerLayer(nn.Module):
 
 
 def shared_layer_inputs(layer: TransformerLayer, seq_len: int, position_ids, prefix_lengths,
-                        document_ids, dtype):
+                        document_ids, dtype, with_block_mask: bool = True):
     """(block_mask, rotary) that every layer of one forward can share, made once by the caller:
     the FlexAttention BlockMask where the layers use FlexAttention for these masks (building
     it costs about as much as a layer's attention), and the rotary (cos, sin) tables, each
     (B, T, 1, rot_dim) in the activations' dtype (inside a compiled layer, inductor fused their
     pow/cos/sin into the rotation of every q and k element, per head: 0.8 ms of each 13 ms
-    layer of the 1.3B model on an H100). Either is None where the layers do not need it. Made
+    layer of the 1.3B model on an H100). Either is None where the layers do not need it (the
+    block mask also without `with_block_mask`: CUDA-graphed layers build their own). Made
     outside compiled layers, where torch.compile takes them as inputs."""
     cfg = layer.cfg
     device = position_ids.device
     block_mask = rotary = None
-    if layer.attention.kernel(device.type, prefix_lengths, document_ids) == "flex":
+    if with_block_mask and layer.attention.kernel(device.type, prefix_lengths,
+                                                  document_ids) == "flex":
         block_mask = masks.block_mask(seq_len, device, prefix_lengths, document_ids)
     if cfg.position_embedding_type == "rope":
         cos, sin = rotary_cos_sin(position_ids, rotary_dim(layer.attention.head_dim,

@@ -37,3 +37,10 @@ def _apply_execution_options(model, cfg: Config, layout: ParallelLayout) -> None
     if cfg.training.torch_compile:
         from megatron.model.compile import compile_layers
         compile_layers(model)
+    if cfg.training.enable_cuda_graph:
+        from megatron.config.validate import ConfigError
+        from megatron.model.cuda_graphs import LayerGraphs
+        if layout.device.type != "cuda":
+            raise ConfigError(f"--enable-cuda-graph needs CUDA GPUs; this run is on "
+                              f"{layout.device.type}")
+        model.layer_graphs = LayerGraphs(model.layers)  # captured at the first training step

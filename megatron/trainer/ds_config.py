@@ -7,10 +7,8 @@ import copy
 import torch
 
 from megatron.config.schema import Config
-from megatron.config.validate import check_bf16_optimizer, check_deepspeed_config, \
-    data_parallel_size, global_batch_size
-
-DEFAULT_ZERO_STAGE = 1  # Megatron-DeepSpeed's default
+from megatron.config.validate import DEFAULT_ZERO_STAGE, check_bf16_optimizer, \
+    check_deepspeed_config, data_parallel_size, global_batch_size
 
 
 def uses_local_bf16_optimizer(cfg: Config, world_size: int) -> bool:
