@@ -344,6 +344,14 @@ def check_bf16_optimizer(cfg: Config) -> None:
                           "only (the pipeline engine keeps DeepSpeed's); use deepspeed or auto")
 
 
+def zero_stage(cfg: Config, ds: dict) -> int:
+    """The run's ZeRO stage as the flags and the JSON `ds` give it: --zero-stage, else the
+    JSON's, else Megatron-DeepSpeed's default."""
+    if cfg.training.zero_stage is not None:
+        return cfg.training.zero_stage
+    return ds.get("zero_optimization", {}).get("stage", DEFAULT_ZERO_STAGE)
+
+
 def check_cuda_graph(cfg: Config, world_size: int) -> None:
     """--enable-cuda-graph replays each layer's captured kernels (megatron/model/cuda_graphs.py):
     nothing in a layer may change between steps but the values of its inputs and weights."""
@@ -362,9 +370,7 @@ def check_cuda_graph(cfg: Config, world_size: int) -> None:
     ]
     from megatron.trainer.ds_config import uses_local_bf16_optimizer
     dp = data_parallel_size(cfg, world_size)
-    ds = check_deepspeed_config(cfg, world_size) or {}
-    stage = t.zero_stage if t.zero_stage is not None else \
-        ds.get("zero_optimization", {}).get("stage", DEFAULT_ZERO_STAGE)
+    stage = zero_stage(cfg, check_deepspeed_config(cfg, world_size) or {})
     unsupported.append((dp > 1, f"data-parallel size {dp} (needs 1: not yet tested on "
                                 f"several GPUs)"))
     ours = (t.bf16 and uses_local_bf16_optimizer(cfg, world_size)) or \

@@ -92,9 +92,9 @@ class LayerGraphs:
         """A backward replay writes the weight gradients into buffers of the graphs' memory,
         and autograd keeps such a buffer as `.grad` where `.grad` was None. The next forward
         replay reuses that memory for its temporaries. So a `.grad` still held when the next
-        micro-batch starts (gradients accumulating in `.grad`) is copied out first. Our
-        optimizers fold or take every `.grad` after each backward: nothing to copy there;
-        DeepSpeed's fp32 and ZeRO paths that accumulate in `.grad` pay one copy per
+        micro-batch starts (gradients accumulating in `.grad`) is copied out first. Our bf16
+        optimizer folds every `.grad` after each backward: nothing to copy there; fp32 at
+        ZeRO 0, where DeepSpeed's engine accumulates in `.grad`, pays one copy per
         micro-batch."""
         for p in self._params:
             if p.grad is not None:

@@ -7,8 +7,8 @@ import copy
 import torch
 
 from megatron.config.schema import Config
-from megatron.config.validate import DEFAULT_ZERO_STAGE, check_bf16_optimizer, \
-    check_deepspeed_config, data_parallel_size, global_batch_size
+from megatron.config.validate import check_bf16_optimizer, check_deepspeed_config, \
+    data_parallel_size, global_batch_size, zero_stage
 
 
 def uses_local_bf16_optimizer(cfg: Config, world_size: int) -> bool:
@@ -28,9 +28,8 @@ def uses_local_bf16_optimizer(cfg: Config, world_size: int) -> bool:
     zero = ds.get("zero_optimization", {})
     offload = any(zero.get(k, {}).get("device", "none") != "none"
                   for k in ("offload_optimizer", "offload_param"))
-    stage = t.zero_stage if t.zero_stage is not None else zero.get("stage", DEFAULT_ZERO_STAGE)
-    return (pp == 1 and data_parallel_size(cfg, world_size) == 1 and stage < 3 and not offload
-            and accum in ("fp32", "float32", "torch.float32"))
+    return (pp == 1 and data_parallel_size(cfg, world_size) == 1 and zero_stage(cfg, ds) < 3
+            and not offload and accum in ("fp32", "float32", "torch.float32"))
 
 
 def local_communication_dtype(cfg: Config, world_size: int) -> torch.dtype:
@@ -76,10 +75,9 @@ def build_deepspeed_config(cfg: Config, world_size: int) -> dict:
     if t.fp16:
         ds["fp16"].setdefault("loss_scale", 0)  # dynamic loss scaling
         ds["fp16"].setdefault("initial_scale_power", 16)
+    stage = zero_stage(cfg, ds)
     zero = ds.setdefault("zero_optimization", {})
-    if t.zero_stage is not None:
-        zero["stage"] = t.zero_stage
-    zero.setdefault("stage", DEFAULT_ZERO_STAGE)
+    zero["stage"] = stage
     accum = ds.get("data_types", {}).get("grad_accum_dtype")
     if t.bf16 and zero["stage"] == 0 and accum in ("fp32", "float32"):
         # BigScience's "bf16 at ZeRO-0" meant DeepSpeed's BF16_Optimizer (fp32 accumulation,

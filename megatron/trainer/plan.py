@@ -350,16 +350,15 @@ def layout_from_config(cfg, world_size: int) -> Layout:
     """The Layout a run of `cfg` (a Config) on `world_size` GPUs would use."""
     import json
     import os
-    from megatron.config.validate import data_parallel_size, global_batch_size
-    from megatron.trainer.ds_config import DEFAULT_ZERO_STAGE
+    from megatron.config.validate import data_parallel_size, global_batch_size, zero_stage
     t, par = cfg.training, cfg.parallel
-    zero = t.zero_stage
-    if zero is None and t.deepspeed_config and os.path.isfile(t.deepspeed_config):
+    ds = {}
+    if t.zero_stage is None and t.deepspeed_config and os.path.isfile(t.deepspeed_config):
         with open(t.deepspeed_config) as f:
-            zero = json.load(f).get("zero_optimization", {}).get("stage")
+            ds = json.load(f)
     precision = "bf16" if t.bf16 else "fp16" if t.fp16 else "fp32"
     return Layout(par.tensor_model_parallel_size, par.pipeline_model_parallel_size,
                   data_parallel_size(cfg, world_size), t.micro_batch_size,
                   global_batch_size(cfg, world_size),
-                  DEFAULT_ZERO_STAGE if zero is None else zero, precision,
+                  zero_stage(cfg, ds), precision,
                   t.checkpoint_activations, par.pp_partition_method)
