@@ -371,15 +371,18 @@ def check_cuda_graph(cfg: Config, world_size: int) -> None:
     from megatron.trainer.ds_config import uses_local_bf16_optimizer
     dp = data_parallel_size(cfg, world_size)
     stage = zero_stage(cfg, check_deepspeed_config(cfg, world_size) or {})
-    unsupported.append((dp > 1, f"data-parallel size {dp} (needs 1: not yet tested on "
-                                f"several GPUs)"))
-    ours = (t.bf16 and uses_local_bf16_optimizer(cfg, world_size)) or \
-        (not t.bf16 and not t.fp16 and stage == 0)
-    unsupported.append((not ours and dp == 1,
-                        f"DeepSpeed's optimizer ({'bf16' if t.bf16 else 'fp16' if t.fp16 else 'fp32'}"
-                        f", ZeRO stage {stage}): it holds the weights' gradient-accumulation "
-                        f"nodes, which a capture cannot use (needs --bf16 with "
-                        f"--bf16-optimizer local or auto, or fp32 at --zero-stage 0)"))
+    ours = t.bf16 and uses_local_bf16_optimizer(cfg, world_size)
+    fp32_zero0 = not t.bf16 and not t.fp16 and stage == 0
+    precision = "bf16" if t.bf16 else "fp16" if t.fp16 else "fp32"
+    unsupported += [
+        (not ours and not fp32_zero0,
+         f"DeepSpeed's optimizer ({precision}, ZeRO stage {stage}): it holds the weights' "
+         f"gradient-accumulation nodes, which a capture cannot use (needs --bf16 with "
+         f"--bf16-optimizer local, or auto at DP 1; or fp32 at --zero-stage 0 on one GPU)"),
+        (fp32_zero0 and dp > 1,
+         f"fp32 at data-parallel size {dp} (DeepSpeed's all-reduce is not tested with graphs: "
+         f"needs DP 1, or --bf16 with --bf16-optimizer local)"),
+    ]
     bad = [why for hit, why in unsupported if hit]
     if bad:
         raise ConfigError("--enable-cuda-graph does not run with " + "; ".join(bad) +

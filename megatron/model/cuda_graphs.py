@@ -7,9 +7,8 @@ can then finish before the host has queued it. The 124M preset on an H200 ran at
 as launched and 490k as graphs (docs/benchmarks.md).
 
 Per layer, not the whole stack: each layer's weight gradients exist when its backward graph
-ends, so gradient hooks can still act during the rest of the backward (for the data-parallel
-all-reduce; the flag's checks in megatron/config/validate.py keep to one GPU until that is
-tested on several).
+ends, so the data-parallel all-reduce hooks (grad_reducer.py) still overlap with the rest of
+the backward.
 
 Capture happens at the first training forward, after DeepSpeed and the optimizer have cast the
 weights: a graph holds the addresses of the parameters it read, so parameters must be updated

@@ -94,7 +94,7 @@ def _train(rank, world_size, extra, micro_batches, steps=4):
     from megatron.trainer.build_engine import build_engine
 
     mbs = 2
-    gbs = mbs * micro_batches
+    gbs = mbs * micro_batches * world_size
     results = {}
     for graphs in (False, True):
         cfg = parse_config([*MODEL, "--micro-batch-size", str(mbs), "--global-batch-size",
@@ -105,10 +105,11 @@ def _train(rank, world_size, extra, micro_batches, steps=4):
         layout = initialize_parallel(cfg.parallel)
         torch.manual_seed(0)
         engine = build_engine(cfg, layout, gbs)
-        losses = [engine.train_step([_batch(10 * s + i, mbs, 64) for i in range(micro_batches)],
-                                    gbs).loss for s in range(steps)]
+        losses = [engine.train_step([_batch(100 * rank + 10 * s + i, mbs, 64)
+                                     for i in range(micro_batches)], gbs).loss
+                  for s in range(steps)]
         with torch.no_grad():
-            eval_sum, _ = engine.eval_loss(_batch(99, mbs, 64))
+            eval_sum, _ = engine.eval_loss(_batch(99 + rank, mbs, 64))
         captured = engine.model.layer_graphs is not None and engine.model.layer_graphs.captured
         results[graphs] = (losses, eval_sum, captured,
                            {n: p.detach().float().cpu() for n, p in engine.model.named_parameters()})
@@ -122,6 +123,18 @@ def _train(rank, world_size, extra, micro_batches, steps=4):
 ], ids=["bf16", "bf16-accumulation-compiled", "fp32-zero0-accumulation"])
 def test_training_with_graphs_matches_training_without(extra, micro_batches, tol):
     [results] = run_on_ranks(_train, 1, args=(extra, micro_batches), timeout=900)
+    _assert_same_training(results, tol)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+def test_data_parallel_training_with_graphs_matches_training_without():
+    """DP 2, our optimizer's gradient hooks all-reducing buckets during the backward."""
+    for results in run_on_ranks(_train, 2, args=(("--bf16", "--bf16-optimizer", "local"), 2),
+                                timeout=900):
+        _assert_same_training(results, 1e-3)
+
+
+def _assert_same_training(results, tol):
     (losses, eval_sum, captured, params) = results[False]
     (losses_g, eval_sum_g, captured_g, params_g) = results[True]
     assert captured_g and not captured

@@ -22,13 +22,15 @@ def test_flag_reaches_the_config():
     assert not parse_config(BASE[:-1]).training.enable_cuda_graph
     validate_config(parse_config(BASE + OK), 1)  # nothing refused
     validate_config(parse_config(BASE + NO_DROPOUT + ["--zero-stage", "0"]), 1)  # fp32
+    validate_config(parse_config(BASE + OK + ["--bf16-optimizer", "local"]), 2)  # DP 2
 
 
 @pytest.mark.parametrize("extra, world, named", [
     (["--bf16"], 1, ["--hidden-dropout 0.1", "--attention-dropout 0.1"]),  # Megatron's defaults
     (OK + ["--tensor-model-parallel-size", "2"], 2, ["--tensor-model-parallel-size 2"]),
     (OK + ["--pipeline-model-parallel-size", "2"], 2, ["--pipeline-model-parallel-size 2"]),
-    (OK, 2, ["data-parallel size 2"]),
+    (OK, 2, ["DeepSpeed's optimizer (bf16, ZeRO stage 1)"]),  # auto at DP 2: DeepSpeed's
+    (NO_DROPOUT + ["--zero-stage", "0"], 2, ["fp32 at data-parallel size 2"]),
     (OK + ["--checkpoint-activations"], 1, ["--checkpoint-activations"]),
     (OK + ["--recompute-granularity", "selective"], 1, ["--recompute-granularity"]),
     (OK + ["--zero-stage", "3"], 1, ["DeepSpeed's optimizer (bf16, ZeRO stage 3)"]),
