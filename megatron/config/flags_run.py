@@ -57,7 +57,7 @@ def add_training_flags(t) -> None:
           help="Capture each transformer layer's forward and backward as CUDA graphs at the "
                "first step and replay them (megatron/model/cuda_graphs.py): the host launches "
                "a layer in one call, which helps where it cannot keep up with the GPU (124M "
-               "preset on a slow host +34-44%%, on a fast one +2%%, at DP 2 +12%%; none at "
+               "preset on a slow host +34%%, on a fast one +2%%, at DP 2 +12%%; none at "
                "350M and 1.3B; docs/benchmarks.md). TP and PP 1; --bf16 with our optimizer "
                "(--bf16-optimizer local, or auto at DP 1) or fp32 at --zero-stage 0 on one "
                "GPU; no dropout, no activation recomputation.")

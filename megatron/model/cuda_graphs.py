@@ -3,8 +3,8 @@ graphs (torch.cuda.make_graphed_callables) and replayed for every training micro
 
 Why: a replay launches all of a layer's kernels in one call. Without graphs the host launches
 each kernel of each layer, with Python around every compiled region; a small model's GPU work
-can then finish before the host has queued it. The 124M preset on an H200 ran at 341k tokens/s
-as launched and 490k as graphs (docs/benchmarks.md).
+can then finish before the host has queued it. The 124M preset on an H200 machine ran at 369k
+tokens/s as launched and 496k as graphs (docs/benchmarks.md).
 
 Per layer, not the whole stack: each layer's weight gradients exist when its backward graph
 ends, so the data-parallel all-reduce hooks (grad_reducer.py) still overlap with the rest of
