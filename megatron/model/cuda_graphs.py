@@ -107,7 +107,10 @@ class LayerGraphs:
         # make_graphed_callables runs its warm-up and captures on a side stream, where the
         # weights' gradient-accumulation nodes are made; autograd orders their work against the
         # replays' stream itself, and would otherwise warn about it at every run's first step
-        torch.autograd.graph.set_warn_on_accumulate_grad_stream_mismatch(False)
+        # (torch versions before this warning have no switch for it)
+        quiet = getattr(torch.autograd.graph, "set_warn_on_accumulate_grad_stream_mismatch", None)
+        if quiet is not None:
+            quiet(False)
         self._graphed = torch.cuda.make_graphed_callables(
             calls, samples, num_warmup_iters=self.warmup_iters, allow_unused_input=True)
         self._params = [p for call in calls for p in call.parameters()]
