@@ -62,8 +62,8 @@ def main(argv=None) -> int:
             gbs = cfg.training.global_batch_size
             if not gbs:
                 sys.exit("plan.py: --suggest needs --global-batch-size")
-            precision = "bf16" if cfg.training.bf16 else "fp16" if cfg.training.fp16 else "fp32"
-            found = suggest(m, world, gbs, ns.gpu, ns.mfu, precision=precision, top=ns.top)
+            found = suggest(m, world, gbs, ns.gpu, ns.mfu, precision=cfg.training.precision,
+                            top=ns.top)
             if not found:
                 print(f"no layout of {world} {ns.gpu} GPUs fits")
                 return 1

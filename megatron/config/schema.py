@@ -172,6 +172,11 @@ class TrainingConfig:
     dry_run_world_size: Optional[int] = None
     dry_run_gpu: str = "H100-80GB"
 
+    @property
+    def precision(self) -> str:
+        """The weights' and activations' dtype: "bf16", "fp16" or "fp32"."""
+        return "bf16" if self.bf16 else "fp16" if self.fp16 else "fp32"
+
 
 @dataclass(frozen=True)
 class CheckpointConfig:

@@ -373,10 +373,9 @@ def check_cuda_graph(cfg: Config, world_size: int) -> None:
     stage = zero_stage(cfg, check_deepspeed_config(cfg, world_size) or {})
     ours = t.bf16 and uses_local_bf16_optimizer(cfg, world_size)
     fp32_zero0 = not t.bf16 and not t.fp16 and stage == 0
-    precision = "bf16" if t.bf16 else "fp16" if t.fp16 else "fp32"
     unsupported += [
         (not ours and not fp32_zero0,
-         f"DeepSpeed's optimizer ({precision}, ZeRO stage {stage}): it holds the weights' "
+         f"DeepSpeed's optimizer ({t.precision}, ZeRO stage {stage}): it holds the weights' "
          f"gradient-accumulation nodes, which a capture cannot use (needs --bf16 with "
          f"--bf16-optimizer local, or auto at DP 1; or fp32 at --zero-stage 0 on one GPU)"),
         (fp32_zero0 and dp > 1,

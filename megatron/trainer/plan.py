@@ -356,9 +356,8 @@ def layout_from_config(cfg, world_size: int) -> Layout:
     if t.zero_stage is None and t.deepspeed_config and os.path.isfile(t.deepspeed_config):
         with open(t.deepspeed_config) as f:
             ds = json.load(f)
-    precision = "bf16" if t.bf16 else "fp16" if t.fp16 else "fp32"
     return Layout(par.tensor_model_parallel_size, par.pipeline_model_parallel_size,
                   data_parallel_size(cfg, world_size), t.micro_batch_size,
                   global_batch_size(cfg, world_size),
-                  zero_stage(cfg, ds), precision,
+                  zero_stage(cfg, ds), t.precision,
                   t.checkpoint_activations, par.pp_partition_method)
