@@ -53,6 +53,15 @@ def add_training_flags(t) -> None:
           help="torch.compile each transformer layer (regional compilation; about 30 s at "
                "start-up): +13%% tokens/s and less memory for a 1.3B model on one GPU "
                "(docs/benchmarks.md). At TP > 1 megatron-core's linear layers split the graphs.")
+    t.add("--manual-gc", action="store_true",
+          help="Switch Python's automatic garbage collector off while training and collect "
+               "at set points instead (--manual-gc-interval, evaluations), so no step pays "
+               "for a collection of the oldest generation at a random time (and no rank holds "
+               "up the others for it).")
+    t.add("--manual-gc-interval", type=int, default=0,
+          help="With --manual-gc: collect every this many steps; 0 never between steps.")
+    t.add("--no-manual-gc-eval", action="store_false", dest="manual_gc_eval",
+          help="With --manual-gc: do not collect before and after each evaluation.")
     t.add("--enable-cuda-graph", action="store_true",
           help="Capture each transformer layer's forward and backward as CUDA graphs at the "
                "first step and replay them (megatron/model/cuda_graphs.py): the host launches "

@@ -144,6 +144,9 @@ class TrainingConfig:
     recompute_granularity: Optional[str] = None  # full|selective; full = checkpoint_activations
     torch_compile: bool = False
     enable_cuda_graph: bool = False  # CUDA graphs of the layers (megatron/model/cuda_graphs.py)
+    manual_gc: bool = False  # Python's garbage collector off while training (trainer/manual_gc.py)
+    manual_gc_interval: int = 0  # steps between manual collections; 0: none between steps
+    manual_gc_eval: bool = True  # collect before and after each evaluation
     eval_interval: int = 1000
     eval_iters: int = 10
     # lm-evaluation-harness during training (megatron/eval/periodic.py)

@@ -17,6 +17,7 @@ from megatron.trainer import checkpoint as ckpt
 from megatron.trainer.batch_schedule import batch_size_at
 from megatron.trainer.engine import TrainEngine
 from megatron.trainer.host_copy import MaxOverRanksLater
+from megatron.trainer.manual_gc import ManualGC
 from megatron.trainer.metrics import TensorBoard, flops_per_token, format_log_line, peak_flops
 from megatron.trainer.profiling import StepProfiler
 from megatron.trainer.signals import StopRequest
@@ -62,6 +63,8 @@ class Trainer:
         self.harness, self.last_harness = harness, None
         self.calc, self.total_iters, self.progress = batch_calculator, total_iters, progress
         self.tb = TensorBoard(cfg.logging.tensorboard_dir, layout.rank == 0)
+        t = cfg.training
+        self.gc = ManualGC(t.manual_gc, t.manual_gc_interval, t.manual_gc_eval)
         if cfg.logging.log_timers_to_tensorboard:
             from megatron.trainer.timers import PhaseTimer
             engine.timer = PhaseTimer(sync=layout.device.type == "cuda")
@@ -91,9 +94,11 @@ class Trainer:
         """Train to the end (or a stop request / exit condition); returns the progress."""
         self.tb.text("config", f"```\n{self.cfg.to_dict()}\n```")
         stop = StopRequest(self.cfg.training.kill_switch_path)
+        self.gc.start()
         try:
             return self._train_steps(stop)
         finally:
+            self.gc.stop()
             stop.restore()
             self.tb.close()
 
@@ -158,6 +163,7 @@ class Trainer:
                 self.log("profile written: " + ", ".join(map(str, self.profiler.written)))
                 self.profiler.written = []
             self.batch_sizes.append(gbs)
+            self.gc.after_step(p.iteration)
             in_flight = self._finish_step(in_flight)  # the previous step's results
             in_flight = (pending, record)
             eval_due = bool(cfg.training.eval_interval and
@@ -283,6 +289,7 @@ class Trainer:
         """Loss on each validation (or test) set; (iteration, loss of the first set) or None.
         Named sets (BigScience's weighted split groups) log as "validation NAME"."""
         sets = self.data.valid_loaders if split == "validation" else self.data.test_loaders
+        self.gc.around_evaluation()
         first = None
         for name, make in sets:
             loader = make()
@@ -301,6 +308,7 @@ class Trainer:
             self.tb.scalars({f"{label}/lm loss": loss, f"{label}/lm loss PPL": ppl},
                             p.iteration, p.consumed_samples, p.consumed_tokens)
             first = first or (p.iteration, loss)
+        self.gc.around_evaluation()
         return first
 
     def evaluate_harness(self) -> dict:
