@@ -63,6 +63,12 @@ def add_model_flags(m) -> None:
           help="On GPUs, the torch SDPA kernel tried first where attention runs through SDPA "
                "(a kernel that cannot take the inputs falls through to the next); auto: "
                "torch's own order.")
+    m.add("--mlp-kernel", default="torch", choices=["torch", "quack"],
+          help="MLP kernels. quack (pip install quack-kernels==0.6.4; Hopper or newer GPUs): "
+               "fc1's GEMM applies the activation and fc2's backward GEMM its derivative in "
+               "their epilogues, so neither runs as a kernel of its own (1.3B preset on one "
+               "H100: +2.9%% tokens/s, 6 GiB less; docs/benchmarks.md); gelu and --openai-gelu "
+               "MLPs at TP 1 in bf16/fp16.")
     m.add("--prefix-lm", action="store_true",
           help="Prefix-LM: each sample is split at a random point (drawn from its tokens and "
                "--seed, the same on every rank and layout); positions before it attend "

@@ -46,6 +46,7 @@ class ModelConfig:
     apply_query_key_layer_scaling: bool = False
     attention_kernel: str = "auto"  # auto|eager|sdpa|flex
     sdpa_backend: str = "auto"  # auto|cudnn|flash|efficient|math: SDPA kernel preferred on CUDA
+    mlp_kernel: str = "torch"  # torch|quack: quack fuses the activation into the GEMMs (quack_mlp.py)
     prefix_lm: bool = False
 
     @property

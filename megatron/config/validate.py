@@ -165,6 +165,9 @@ def check_model(cfg: Config) -> None:
         check_model_config(m, tp)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    if m.mlp_kernel == "quack" and cfg.training.precision == "fp32":
+        raise ConfigError("--mlp-kernel quack runs bf16 or fp16 weights (--bf16 / --fp16); this "
+                          "run is fp32: add one or use --mlp-kernel torch")
 
 
 def check_batch(cfg: Config, world_size: int) -> None:
@@ -367,6 +370,7 @@ def check_cuda_graph(cfg: Config, world_size: int) -> None:
         (m.attention_dropout > 0, f"--attention-dropout {m.attention_dropout} (needs 0)"),
         (t.checkpoint_activations or t.recompute_granularity is not None,
          "activation recomputation (--checkpoint-activations / --recompute-granularity)"),
+        (m.mlp_kernel != "torch", f"--mlp-kernel {m.mlp_kernel} (not tested with graphs)"),
     ]
     from megatron.trainer.ds_config import uses_local_bf16_optimizer
     dp = data_parallel_size(cfg, world_size)

@@ -214,5 +214,7 @@ def save_model_checkpoint(out_dir: str, cfg: Config, shards: list, tag: str = "r
 
 
 def eval_model_config(model_cfg: ModelConfig) -> ModelConfig:
-    """The config to build for inference: no dropout."""
-    return dataclasses.replace(model_cfg, hidden_dropout=0.0, attention_dropout=0.0)
+    """The config to build for inference: no dropout, torch's MLP kernels (a training run's
+    --mlp-kernel quack needs a Hopper GPU and bf16; the weights are the same either way)."""
+    return dataclasses.replace(model_cfg, hidden_dropout=0.0, attention_dropout=0.0,
+                               mlp_kernel="torch")

@@ -12,6 +12,7 @@ from megatron.model.linear import ColumnLinear, RowLinear
 from torch import nn
 
 from megatron.model.init import normal_init, scaled_normal_init
+from megatron.model.quack_mlp import quack_mlp
 
 ACTIVATIONS = {
     "gelu": F.gelu,
@@ -29,6 +30,9 @@ class MLP(nn.Module):
     def __init__(self, cfg, mp_config):
         super().__init__()
         self.glu = cfg.glu_activation
+        # quack's fused GEMM + activation kernels (quack_mlp.py); validate.py allows them only
+        # without a GLU, at TP 1
+        self.quack_activation = cfg.activation if cfg.mlp_kernel == "quack" else None
         self.act = GLU_ACTIVATIONS[self.glu] if self.glu else ACTIVATIONS[cfg.activation]
         H, F_ = cfg.hidden_size, cfg.ffn_size
         n_fc1 = 2 if self.glu else 1
@@ -44,6 +48,8 @@ class MLP(nn.Module):
                                      input_is_parallel=True, skip_bias_add=False)
 
     def forward(self, x):  # (B, T, H) -> (B, T, H)
+        if self.quack_activation is not None:
+            return quack_mlp(x, self.fc1, self.fc2, self.quack_activation)
         h, _ = self.fc1(x)  # (B, T, n_fc1 * ffn / TP)
         if self.glu:
             gate, up = h.chunk(2, dim=-1)

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 from megatron.model.kernels import KERNELS, SDPA_BACKENDS
 from megatron.model.mlp import ACTIVATIONS, GLU_ACTIVATIONS
+from megatron.model.quack_mlp import QUACK_ACTIVATIONS
+
+MLP_KERNELS = ("torch", "quack")
 
 POSITION_TYPES = ("learned_absolute", "sinusoidal", "rope", "alibi", "none")
 NORMS = ("LayerNorm", "RMSNorm")
@@ -32,6 +35,18 @@ def check_model_config(cfg, tp_size: int = 1) -> None:
     if cfg.attention_kernel == "flex" and cfg.attention_dropout > 0:
         errors.append(f"--attention-kernel flex does not implement attention dropout, but "
                       f"--attention-dropout is {cfg.attention_dropout}; use sdpa/eager or set it to 0")
+    if cfg.mlp_kernel not in MLP_KERNELS:
+        errors.append(f"--mlp-kernel {cfg.mlp_kernel!r} is unknown; choose one of {MLP_KERNELS}")
+    elif cfg.mlp_kernel == "quack":
+        if cfg.glu_activation is not None:
+            errors.append(f"--mlp-kernel quack runs gelu and --openai-gelu MLPs, not "
+                          f"--glu-activation {cfg.glu_activation}; use --mlp-kernel torch")
+        elif cfg.activation not in QUACK_ACTIVATIONS:
+            errors.append(f"--mlp-kernel quack has no {cfg.activation!r} activation; it runs "
+                          f"{tuple(QUACK_ACTIVATIONS)}")
+        if tp_size > 1:
+            errors.append(f"--mlp-kernel quack runs at --tensor-model-parallel-size 1, not "
+                          f"{tp_size}; use --mlp-kernel torch")
     heads, hidden = cfg.num_attention_heads, cfg.hidden_size
     if heads < 1 or hidden % heads:
         errors.append(f"--hidden-size {hidden} is not divisible by --num-attention-heads {heads}")

@@ -34,6 +34,12 @@ def _apply_execution_options(model, cfg: Config, layout: ParallelLayout) -> None
     if cfg.training.recompute_granularity == "selective":
         from megatron.model.recompute import enable_selective_recompute
         enable_selective_recompute(model)
+    if cfg.model.mlp_kernel == "quack":
+        from megatron.config.validate import ConfigError
+        from megatron.model.quack_mlp import quack_unavailable_reason
+        why = quack_unavailable_reason()
+        if why:
+            raise ConfigError(f"--mlp-kernel quack cannot run here: {why}; use --mlp-kernel torch")
     if cfg.training.torch_compile:
         from megatron.model.compile import compile_layers
         compile_layers(model)

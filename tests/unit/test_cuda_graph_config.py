@@ -33,6 +33,7 @@ def test_flag_reaches_the_config():
     (NO_DROPOUT + ["--zero-stage", "0"], 2, ["fp32 at data-parallel size 2"]),
     (OK + ["--checkpoint-activations"], 1, ["--checkpoint-activations"]),
     (OK + ["--recompute-granularity", "selective"], 1, ["--recompute-granularity"]),
+    (OK + ["--mlp-kernel", "quack"], 1, ["--mlp-kernel quack"]),
     (OK + ["--zero-stage", "3"], 1, ["DeepSpeed's optimizer (bf16, ZeRO stage 3)"]),
     (OK + ["--bf16-optimizer", "deepspeed"], 1, ["DeepSpeed's optimizer (bf16, ZeRO stage 1)"]),
     (NO_DROPOUT, 1, ["DeepSpeed's optimizer (fp32, ZeRO stage 1)", "--zero-stage 0"]),

@@ -1,0 +1,54 @@
+"""--mlp-kernel's start-up checks: what quack's fused MLP kernels cannot run is refused by name
+before anything is built (the kernels themselves are tested on a GPU in
+tests/gpu/test_quack_mlp_gpu.py)."""
+import types
+
+import pytest
+import torch
+
+from megatron.config.cli import parse_config
+from megatron.config.validate import ConfigError, validate_config
+from megatron.eval.checkpoint_loader import eval_model_config
+
+BASE = ["--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4",
+        "--seq-length", "64", "--micro-batch-size", "2", "--train-iters", "3", "--mock-data"]
+QUACK = ["--mlp-kernel", "quack", "--bf16"]
+
+
+def test_flag_reaches_the_config():
+    assert parse_config(BASE).model.mlp_kernel == "torch"
+    cfg = parse_config(BASE + QUACK)
+    assert cfg.model.mlp_kernel == "quack"
+    validate_config(cfg, 1)  # nothing refused at start-up
+    validate_config(parse_config(BASE + QUACK + ["--openai-gelu"]), 1)
+    validate_config(parse_config(BASE + ["--mlp-kernel", "quack", "--fp16"]), 1)
+    # evaluation builds the model with torch's kernels: same weights, any device and dtype
+    assert eval_model_config(cfg.model).mlp_kernel == "torch"
+
+
+@pytest.mark.parametrize("extra, world, named", [
+    (["--mlp-kernel", "quack"], 1, ["fp32", "--bf16"]),
+    (QUACK + ["--glu-activation", "swiglu"], 1, ["--glu-activation swiglu"]),
+    (QUACK + ["--tensor-model-parallel-size", "2"], 2, ["--tensor-model-parallel-size 1, not 2"]),
+])
+def test_what_quack_cannot_run_is_refused_by_name(extra, world, named):
+    with pytest.raises(ConfigError) as e:
+        validate_config(parse_config(BASE + extra), world)
+    for text in ["--mlp-kernel quack", "--mlp-kernel torch", *named]:
+        assert text in str(e.value), str(e.value)
+
+
+def test_unknown_kernel_is_refused_by_the_parser(capsys):
+    with pytest.raises(SystemExit):
+        parse_config(BASE + ["--mlp-kernel", "triton"])
+    assert "--mlp-kernel" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without a GPU")
+def test_a_machine_without_a_gpu_is_refused_when_the_model_is_built():
+    from megatron.trainer.build_engine import _apply_execution_options
+    cfg = parse_config(BASE + QUACK)
+    layout = types.SimpleNamespace(device=torch.device("cpu"))
+    with pytest.raises(ConfigError, match="--mlp-kernel quack cannot run here: it needs a CUDA "
+                                          "GPU"):
+        _apply_execution_options(torch.nn.Module(), cfg, layout)
