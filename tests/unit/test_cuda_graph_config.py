@@ -56,10 +56,17 @@ def test_zero_stage_3_in_the_deepspeed_json_is_refused(tmp_path):
                                              "--zero-stage", "1"]), 1)
 
 
-def test_a_run_without_cuda_is_refused_when_the_model_is_built():
+@pytest.mark.parametrize("flags, message", [
+    (OK, "--enable-cuda-graph needs CUDA GPUs; this run is on cpu"),
+    (["--mlp-kernel", "quack", "--bf16"], "--mlp-kernel quack cannot run here: it needs a CUDA GPU"),
+])
+def test_a_run_without_cuda_is_refused_when_the_model_is_built(flags, message, monkeypatch):
+    """Checked where the model meets its device (build_engine); the mlp-kernel case also on a
+    GPU machine, with CUDA hidden."""
     from megatron.trainer.build_engine import _apply_execution_options
-    cfg = parse_config(BASE + OK)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    base = BASE if "--enable-cuda-graph" in message else BASE[:-1]
+    cfg = parse_config(base + flags)
     layout = types.SimpleNamespace(device=torch.device("cpu"))
-    with pytest.raises(ConfigError, match="--enable-cuda-graph needs CUDA GPUs; this run is on "
-                                          "cpu"):
+    with pytest.raises(ConfigError, match=message):
         _apply_execution_options(torch.nn.Module(), cfg, layout)

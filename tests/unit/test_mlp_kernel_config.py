@@ -1,10 +1,7 @@
 """--mlp-kernel's start-up checks: what quack's fused MLP kernels cannot run is refused by name
 before anything is built (the kernels themselves are tested on a GPU in
 tests/gpu/test_quack_mlp_gpu.py)."""
-import types
-
 import pytest
-import torch
 
 from megatron.config.cli import parse_config
 from megatron.config.validate import ConfigError, validate_config
@@ -42,13 +39,3 @@ def test_unknown_kernel_is_refused_by_the_parser(capsys):
     with pytest.raises(SystemExit):
         parse_config(BASE + ["--mlp-kernel", "triton"])
     assert "--mlp-kernel" in capsys.readouterr().err
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without a GPU")
-def test_a_machine_without_a_gpu_is_refused_when_the_model_is_built():
-    from megatron.trainer.build_engine import _apply_execution_options
-    cfg = parse_config(BASE + QUACK)
-    layout = types.SimpleNamespace(device=torch.device("cpu"))
-    with pytest.raises(ConfigError, match="--mlp-kernel quack cannot run here: it needs a CUDA "
-                                          "GPU"):
-        _apply_execution_options(torch.nn.Module(), cfg, layout)
