@@ -392,6 +392,17 @@ def check_cuda_graph(cfg: Config, world_size: int) -> None:
                           ": change these or remove --enable-cuda-graph")
 
 
+def check_manual_gc(cfg: Config) -> None:
+    t = cfg.training
+    if t.manual_gc_interval < 0:
+        raise ConfigError(f"--manual-gc-interval {t.manual_gc_interval} must be 0 (no collection "
+                          f"between steps) or a positive number of steps")
+    if not t.manual_gc and (t.manual_gc_interval or not t.manual_gc_eval):
+        flag = (f"--manual-gc-interval {t.manual_gc_interval}" if t.manual_gc_interval
+                else "--no-manual-gc-eval")
+        raise ConfigError(f"{flag} has no effect without --manual-gc: add it or remove the flag")
+
+
 def validate_config(cfg: Config, world_size: int) -> None:
     check_not_implemented(cfg)
     check_eval_harness(cfg)
@@ -405,4 +416,5 @@ def validate_config(cfg: Config, world_size: int) -> None:
     check_deepspeed_config(cfg, world_size)
     check_bf16_optimizer(cfg)
     check_cuda_graph(cfg, world_size)
+    check_manual_gc(cfg)
     check_data(cfg)

@@ -3,8 +3,9 @@ chosen points instead.
 
 An automatic collection of the oldest generation walks every live Python object: the model's,
 the compiled graphs' and the kernel libraries' (quack's CuTe DSL keeps many). Such a pause lands
-on whichever step crosses the threshold (a 607 ms step in a run of 255 ms steps was seen with
---mlp-kernel quack), and across data-parallel ranks one rank's pause holds up all of them.
+on whichever step crosses the threshold (a 607 ms step among 255 ms ones, seen once with
+--mlp-kernel quack, did not recur with --manual-gc), and across data-parallel ranks one rank's
+pause holds up all of them.
 """
 from __future__ import annotations
 
@@ -17,10 +18,11 @@ class ManualGC:
 
     def __init__(self, enabled: bool, interval: int = 0, around_eval: bool = True):
         self.enabled, self.interval, self.around_eval = enabled, interval, around_eval
-        self._was_enabled = gc.isenabled()
+        self._was_enabled = True
 
     def start(self) -> None:
         if self.enabled:
+            self._was_enabled = gc.isenabled()
             gc.disable()
             gc.collect()
 

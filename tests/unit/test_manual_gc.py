@@ -2,7 +2,10 @@
 Python's collector off, collects on its schedule and restores it."""
 import gc
 
+import pytest
+
 from megatron.config.cli import parse_config
+from megatron.config.validate import ConfigError, validate_config
 from megatron.trainer import manual_gc
 from megatron.trainer.manual_gc import ManualGC
 
@@ -13,9 +16,20 @@ BASE = ["--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4"
 def test_flags_reach_the_config():
     t = parse_config(BASE).training
     assert (t.manual_gc, t.manual_gc_interval, t.manual_gc_eval) == (False, 0, True)
-    t = parse_config(BASE + ["--manual-gc", "--manual-gc-interval", "5",
-                             "--no-manual-gc-eval"]).training
+    cfg = parse_config(BASE + ["--manual-gc", "--manual-gc-interval", "5", "--no-manual-gc-eval"])
+    t = cfg.training
     assert (t.manual_gc, t.manual_gc_interval, t.manual_gc_eval) == (True, 5, False)
+    validate_config(cfg, 1)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--manual-gc", "--manual-gc-interval", "-1"], "--manual-gc-interval -1 must be 0"),
+    (["--manual-gc-interval", "10"], "--manual-gc-interval 10 has no effect without --manual-gc"),
+    (["--no-manual-gc-eval"], "--no-manual-gc-eval has no effect without --manual-gc"),
+])
+def test_bad_combinations_are_refused_by_name(extra, message):
+    with pytest.raises(ConfigError, match=message):
+        validate_config(parse_config(BASE + extra), 1)
 
 
 def _counting(monkeypatch):
