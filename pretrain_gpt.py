@@ -82,7 +82,10 @@ def main(argv=None) -> Trainer:
 
     torch.manual_seed(t.seed)  # same full weights on every rank and for every TP/PP size
     gbs = global_batch_size(cfg, layout.world_size)
-    engine = build_engine(cfg, layout, gbs)  # GPTModel (PP = 1) or its pipeline stage
+    try:
+        engine = build_engine(cfg, layout, gbs)  # GPTModel (PP = 1) or its pipeline stage
+    except ConfigError as e:  # an option this machine cannot run (a GPU-only one on CPU)
+        sys.exit(f"pretrain_gpt.py: error: {e}")
     model = engine.model
     progress = ckpt.Progress()
     if cfg.checkpoint.load:

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from megatron.config.cli import build_parser, parse_config
 from megatron.config.schema import Config
@@ -323,6 +324,23 @@ def test_model_config_errors_are_start_up_errors(argv, needle):
 def test_pretrain_cli_reports_model_errors_without_traceback(argv, needle):
     out = subprocess.run([sys.executable, "pretrain_gpt.py", "--mock-data", "--train-iters", "1",
                           *argv], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert "pretrain_gpt.py: error: " in out.stderr and needle in out.stderr, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without a GPU")
+@pytest.mark.parametrize("flags, needle", [
+    (["--bf16", "--mlp-kernel", "quack"], "--mlp-kernel quack cannot run here: it needs a CUDA GPU"),
+    (["--bf16", "--enable-cuda-graph"], "--enable-cuda-graph needs CUDA GPUs"),
+])
+def test_pretrain_cli_reports_gpu_only_options_on_cpu_without_traceback(flags, needle):
+    """Refused where the model meets its device (build_engine), as cleanly as a flag error."""
+    out = subprocess.run([sys.executable, "pretrain_gpt.py", "--mock-data", "--train-iters", "1",
+                          "--num-layers", "2", "--hidden-size", "64", "--num-attention-heads",
+                          "4", "--seq-length", "32", "--micro-batch-size", "2",
+                          "--hidden-dropout", "0", "--attention-dropout", "0", *flags],
+                         capture_output=True, text=True, timeout=300)
     assert out.returncode == 1, out.stderr[-3000:]
     assert "pretrain_gpt.py: error: " in out.stderr and needle in out.stderr, out.stderr[-3000:]
     assert "Traceback" not in out.stderr
