@@ -86,6 +86,15 @@ def checkpointed(fn, rng: DropoutRNG, *args):
     generators) restores the default generators, but our dropout streams live in DropoutRNG (on
     CUDA in megatron-core's tracker); this saves and restores those around the recomputation.
     """
+    if torch.compiler.is_compiling():
+        # torch.compile cannot trace checkpoint's context_fn (torch 2.11: "checkpoint not
+        # implemented for ... context_fn"): the checkpoint runs eagerly, between the layer's
+        # compiled graphs
+        return _checkpoint_eagerly(fn, rng, *args)
+    return _checkpoint(fn, rng, *args)
+
+
+def _checkpoint(fn, rng: DropoutRNG, *args):
     saved = _stream_states(rng)
 
     @contextlib.contextmanager
@@ -100,6 +109,11 @@ def checkpointed(fn, rng: DropoutRNG, *args):
     return torch.utils.checkpoint.checkpoint(
         fn, *args, use_reentrant=False,
         context_fn=lambda: (contextlib.nullcontext(), as_in_forward()))
+
+
+@torch.compiler.disable
+def _checkpoint_eagerly(fn, rng: DropoutRNG, *args):
+    return _checkpoint(fn, rng, *args)
 
 
 def _stream_states(rng: DropoutRNG) -> dict:

@@ -1,9 +1,13 @@
 """Regional compilation keeps the model's function and its parameter names."""
 
+import pytest
+
 from distributed import run_on_ranks
 
 
-def _compiled_equals_eager(rank, world_size):
+def _compiled_equals_eager(rank, world_size, selective=False):
+    """selective: the compiled model also recomputes the attention core in backward
+    (--recompute-granularity selective inside a compiled layer)."""
     import torch
 
     from megatron.config.cli import parse_config
@@ -21,6 +25,9 @@ def _compiled_equals_eager(rank, world_size):
     torch.manual_seed(0)
     compiled = GPTModel(cfg.model)
     names = [n for n, _ in compiled.named_parameters()]
+    if selective:
+        from megatron.model.recompute import enable_selective_recompute
+        assert enable_selective_recompute(compiled) == 2
     assert compile_layers(compiled, backend="aot_eager") == 2
     assert [n for n, _ in compiled.named_parameters()] == names
     tokens = torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(1))
@@ -33,8 +40,9 @@ def _compiled_equals_eager(rank, world_size):
     return abs(l1 - l2), max((a - b).abs().max().item() for a, b in zip(g1, g2))
 
 
-def test_compiled_layers_give_the_eager_loss_and_grads():
-    [(dloss, dgrad)] = run_on_ranks(_compiled_equals_eager, 1, timeout=300)
+@pytest.mark.parametrize("selective", [False, True])
+def test_compiled_layers_give_the_eager_loss_and_grads(selective):
+    [(dloss, dgrad)] = run_on_ranks(_compiled_equals_eager, 1, args=(selective,), timeout=300)
     assert dloss < 1e-6 and dgrad < 1e-6
 
 
