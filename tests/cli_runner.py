@@ -24,8 +24,16 @@ LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 LOG_LINE = re.compile(r"iteration (\d+)/\d+ \|.*?\| loss ([0-9.]+) \|")
 
 
+VALID_LINE = re.compile(r"validation loss at iteration (\d+) \| lm loss ([0-9.]+)")
+
+
 def losses(stdout: str) -> dict[int, float]:
     return {int(i): float(v) for i, v in LOG_LINE.findall(stdout)}
+
+
+def validation_losses(stdout: str) -> dict[int, float]:
+    """{iteration: validation lm loss} of a pretrain_gpt.py log."""
+    return {int(i): float(v) for i, v in VALID_LINE.findall(stdout)}
 
 
 def pretrain(data, nproc, *flags, timeout=600, env=None, check=True, data_flags=None):

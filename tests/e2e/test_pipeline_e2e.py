@@ -5,19 +5,18 @@ import re
 
 import pytest
 
-from cli_runner import losses, pretrain
+from cli_runner import losses, pretrain, validation_losses
 
 pytestmark = pytest.mark.slow
 
 COMMON = ("--micro-batch-size", "2", "--global-batch-size", "8", "--train-iters", "4",
           "--eval-iters", "1", "--eval-interval", "100", "--log-params-norm")
-VALID = re.compile(r"validation loss at iteration 4 \| lm loss ([0-9.]+)")
 PARAMS_NORM = re.compile(r"params norm ([0-9.E+-]+)")
 
 
 def _run(tiny_data, nproc, *flags):
     out = pretrain(tiny_data, nproc, *COMMON, *flags).stdout
-    return out, losses(out), float(VALID.search(out).group(1))
+    return out, losses(out), validation_losses(out)[4]
 
 
 def _assert_same(single, other, same_validation=True):

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from cli_runner import LAUNCH_VARS, ROOT
+from cli_runner import LAUNCH_VARS, ROOT, validation_losses
 
 pytestmark = pytest.mark.slow
 
@@ -21,8 +21,7 @@ def test_quickstart_trains_evaluates_and_beats_40_percent_below_uniform(tmp_path
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     log = out.stdout
     assert "tokens/s" in log
-    valid = [float(x) for x in re.findall(r"validation loss at iteration \d+ \| lm loss ([0-9.]+)",
-                                          log)]
+    valid = list(validation_losses(log).values())
     assert len(valid) == 3  # at 200, 400 and 600
     assert valid[-1] < 0.6 * math.log(512), valid  # at least 40% below ln(vocab)
     assert valid[-1] < valid[0]
