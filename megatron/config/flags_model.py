@@ -57,8 +57,11 @@ def add_model_flags(m) -> None:
           help="Compute attention softmax in fp32 under bf16/fp16.")
     m.add("--apply-query-key-layer-scaling", action="store_true",
           help="Scale query-key products by 1/layer-number (fp16 stability).")
-    m.add("--attention-kernel", default="auto", choices=["auto", "eager", "sdpa", "flex"],
-          help="Attention implementation; auto picks the fastest that supports the mask.")
+    m.add("--attention-kernel", default="auto", choices=["auto", "eager", "sdpa", "flex", "fa4"],
+          help="Attention implementation; auto picks the fastest that supports the mask. fa4: "
+               "FlashAttention-4 (pip install flash-attn-4==4.0.0b36; Hopper or newer GPUs) on "
+               "the fused QKV, its backward writing the QKV gradient in place; plain causal "
+               "masks, no ALiBi, --attention-dropout 0, bf16/fp16.")
     m.add("--sdpa-backend", default="auto", choices=["auto", "cudnn", "flash", "efficient", "math"],
           help="On GPUs, the torch SDPA kernel tried first where attention runs through SDPA "
                "(a kernel that cannot take the inputs falls through to the next); auto: "

@@ -44,7 +44,7 @@ class ModelConfig:
     attention_dropout: float = 0.1
     attention_softmax_in_fp32: bool = False
     apply_query_key_layer_scaling: bool = False
-    attention_kernel: str = "auto"  # auto|eager|sdpa|flex
+    attention_kernel: str = "auto"  # auto|eager|sdpa|flex|fa4 (fa4_attention.py)
     sdpa_backend: str = "auto"  # auto|cudnn|flash|efficient|math: SDPA kernel preferred on CUDA
     mlp_kernel: str = "torch"  # torch|quack: quack fuses the activation into the GEMMs (quack_mlp.py)
     prefix_lm: bool = False

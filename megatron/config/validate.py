@@ -168,6 +168,13 @@ def check_model(cfg: Config) -> None:
     if m.mlp_kernel == "quack" and cfg.training.precision == "fp32":
         raise ConfigError("--mlp-kernel quack runs bf16 or fp16 weights (--bf16 / --fp16); this "
                           "run is fp32: add one or use --mlp-kernel torch")
+    if m.attention_kernel == "fa4" and cfg.training.precision == "fp32":
+        raise ConfigError("--attention-kernel fa4 runs bf16 or fp16 (--bf16 / --fp16); this run "
+                          "is fp32: add one or use --attention-kernel auto")
+    if m.attention_kernel == "fa4" and cfg.data.reset_attention_mask:
+        raise ConfigError("--attention-kernel fa4 runs plain causal masks, not "
+                          "--reset-attention-mask's per-document masks; use --attention-kernel "
+                          "auto (FlexAttention)")
 
 
 def check_batch(cfg: Config, world_size: int) -> None:
@@ -371,6 +378,7 @@ def check_cuda_graph(cfg: Config, world_size: int) -> None:
         (t.checkpoint_activations or t.recompute_granularity is not None,
          "activation recomputation (--checkpoint-activations / --recompute-granularity)"),
         (m.mlp_kernel != "torch", f"--mlp-kernel {m.mlp_kernel} (not tested with graphs)"),
+        (m.attention_kernel == "fa4", "--attention-kernel fa4 (not tested with graphs)"),
     ]
     from megatron.trainer.ds_config import uses_local_bf16_optimizer
     dp = data_parallel_size(cfg, world_size)

@@ -214,7 +214,9 @@ def save_model_checkpoint(out_dir: str, cfg: Config, shards: list, tag: str = "r
 
 
 def eval_model_config(model_cfg: ModelConfig) -> ModelConfig:
-    """The config to build for inference: no dropout, torch's MLP kernels (a training run's
-    --mlp-kernel quack needs a Hopper GPU and bf16; the weights are the same either way)."""
+    """The config to build for inference: no dropout, torch's MLP and attention kernels (a
+    training run's --mlp-kernel quack or --attention-kernel fa4 needs a Hopper GPU and bf16;
+    the weights are the same either way)."""
+    attention = "auto" if model_cfg.attention_kernel == "fa4" else model_cfg.attention_kernel
     return dataclasses.replace(model_cfg, hidden_dropout=0.0, attention_dropout=0.0,
-                               mlp_kernel="torch")
+                               mlp_kernel="torch", attention_kernel=attention)

@@ -64,11 +64,18 @@ class SelfAttention(nn.Module):
         cfg = self.cfg
         B, T, _ = x.shape
         qkv, _ = self.qkv(x)  # (B, T, nh * 3 * hs)
-        q, k, v = qkv.view(B, T, self.num_heads, 3, self.head_dim).unbind(3)  # (B, T, nh, hs)
+        qkv = qkv.view(B, T, self.num_heads, 3, self.head_dim)
+        q, k, v = qkv.unbind(3)  # (B, T, nh, hs)
         if cfg.position_embedding_type == "rope":
             cos, sin = rotary if rotary is not None else rotary_cos_sin(
                 position_ids, rotary_dim(self.head_dim, cfg.rotary_percent), cfg.rotary_base)
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+            if cfg.attention_kernel == "fa4":
+                qkv = torch.stack([q, k, v], dim=3)  # (B, T, nh, 3, hs)
+        if cfg.attention_kernel == "fa4" and self.kv_cache is None:
+            y = self._attend_fa4(qkv, prefix_lengths, document_ids)  # (B, T, nh, hs)
+            out, _ = self.dense(y.reshape(B, T, self.num_heads * self.head_dim))
+            return out
         # (B, nh, T, hs) views of token-major memory: the kernels' outputs keep q's layout, so
         # y's transpose back to (B, T, H) below, and its gradient, need no copies
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
@@ -84,6 +91,18 @@ class SelfAttention(nn.Module):
         out, _ = self.dense(y)  # (B, T, H), all-reduced over TP
         return out
 
+    def _attend_fa4(self, qkv, prefix_lengths, document_ids):
+        """FlashAttention-4 on the packed qkv (B, T, nh, 3, hs) -> (B, T, nh, hs): its backward
+        writes the gradient in that layout (fa4_attention.py). Plain causal only."""
+        from megatron.model.fa4_attention import fa4_causal_attention
+        if not masks.is_plain_causal(prefix_lengths, document_ids):
+            raise ValueError("--attention-kernel fa4 runs plain causal masks only (no --prefix-lm "
+                             "or --reset-attention-mask)")
+        scale = 1.0 / math.sqrt(self.head_dim)
+        if self.recompute_core and self.training and torch.is_grad_enabled():
+            return checkpointed(fa4_causal_attention, self.rng, qkv, scale)
+        return fa4_causal_attention(qkv, scale)
+
     def _attend_cached(self, q, k, v, position_ids, prefix_lengths, document_ids):
         """Attend over the cache plus this call's tokens: key j is visible to query i when
         pos_j <= pos_i. Eager math with the softmax in fp32; no dropout."""
@@ -98,7 +117,8 @@ class SelfAttention(nn.Module):
         return torch.matmul(torch.softmax(scores, dim=-1).to(v.dtype), v)  # (B, nh, T, hs)
 
     def kernel(self, device_type: str, prefix_lengths=None, document_ids=None) -> str:
-        """The attention kernel this layer uses for such a batch: "eager", "sdpa" or "flex"."""
+        """The attention kernel this layer uses for such a batch: "eager", "sdpa", "flex" or
+        "fa4"."""
         return kernels.choose_kernel(
             self.cfg.attention_kernel, device_type=device_type,
             plain_causal=masks.is_plain_causal(prefix_lengths, document_ids),

@@ -1,4 +1,5 @@
 """Core attention kernels, interchangeable: eager (reference), torch SDPA, FlexAttention.
+("fa4", FlashAttention-4 on the packed QKV, lives in fa4_attention.py: it takes other inputs.)
 
 All take q, k, v (B, nh, T, hs) and return (B, nh, T, hs). `mask` is masks.dense_mask's bool
 tensor (None = plain causal), `bias` an additive (B, nh, T, T) ALiBi bias or None.
@@ -12,7 +13,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-KERNELS = ("auto", "eager", "sdpa", "flex")
+KERNELS = ("auto", "eager", "sdpa", "flex", "fa4")
 SDPA_BACKENDS = ("auto", "cudnn", "flash", "efficient", "math")
 
 

@@ -35,6 +35,8 @@ def check_model_config(cfg, tp_size: int = 1) -> None:
     if cfg.attention_kernel == "flex" and cfg.attention_dropout > 0:
         errors.append(f"--attention-kernel flex does not implement attention dropout, but "
                       f"--attention-dropout is {cfg.attention_dropout}; use sdpa/eager or set it to 0")
+    if cfg.attention_kernel == "fa4":
+        errors += _fa4_errors(cfg)
     if cfg.mlp_kernel not in MLP_KERNELS:
         errors.append(f"--mlp-kernel {cfg.mlp_kernel!r} is unknown; choose one of {MLP_KERNELS}")
     elif cfg.mlp_kernel == "quack":
@@ -70,3 +72,24 @@ def check_model_config(cfg, tp_size: int = 1) -> None:
             errors.append(f"--{name.replace('_', '-')} {getattr(cfg, name)} must be in [0, 1)")
     if errors:
         raise ValueError("invalid model config: " + "; ".join(errors))
+
+
+def _fa4_errors(cfg) -> list:
+    """What --attention-kernel fa4 (FlashAttention-4's causal kernels) cannot run."""
+    errors = []
+    if cfg.position_embedding_type == "alibi":
+        errors.append("--attention-kernel fa4 has no ALiBi bias; use --attention-kernel auto "
+                      "(FlexAttention) with --position-embedding-type alibi")
+    if cfg.prefix_lm:
+        errors.append("--attention-kernel fa4 runs plain causal masks, not --prefix-lm; use "
+                      "--attention-kernel auto")
+    if cfg.attention_dropout > 0:
+        errors.append(f"--attention-kernel fa4 has no attention dropout, but --attention-dropout "
+                      f"is {cfg.attention_dropout}; set it to 0 or use sdpa")
+    heads, hidden = cfg.num_attention_heads, cfg.hidden_size
+    if heads >= 1 and hidden % heads == 0 and not (8 <= cfg.head_dim <= 256
+                                                   and cfg.head_dim % 8 == 0):
+        errors.append(f"--attention-kernel fa4 needs a head dim that is a multiple of 8 in "
+                      f"[8, 256]; --hidden-size {hidden} / --num-attention-heads {heads} gives "
+                      f"{cfg.head_dim}")
+    return errors

@@ -40,6 +40,13 @@ def _apply_execution_options(model, cfg: Config, layout: ParallelLayout) -> None
         why = quack_unavailable_reason()
         if why:
             raise ConfigError(f"--mlp-kernel quack cannot run here: {why}; use --mlp-kernel torch")
+    if cfg.model.attention_kernel == "fa4":
+        from megatron.config.validate import ConfigError
+        from megatron.model.fa4_attention import fa4_unavailable_reason
+        why = fa4_unavailable_reason()
+        if why:
+            raise ConfigError(f"--attention-kernel fa4 cannot run here: {why}; use "
+                              f"--attention-kernel auto")
     if cfg.training.torch_compile:
         from megatron.model.compile import compile_layers
         compile_layers(model)

@@ -333,6 +333,7 @@ def test_pretrain_cli_reports_model_errors_without_traceback(argv, needle):
 @pytest.mark.parametrize("flags, needle", [
     (["--bf16", "--mlp-kernel", "quack"], "--mlp-kernel quack cannot run here: it needs a CUDA GPU"),
     (["--bf16", "--enable-cuda-graph"], "--enable-cuda-graph needs CUDA GPUs"),
+    (["--bf16", "--attention-kernel", "fa4"], "--attention-kernel fa4 cannot run here"),
 ])
 def test_pretrain_cli_reports_gpu_only_options_on_cpu_without_traceback(flags, needle):
     """Refused where the model meets its device (build_engine), as cleanly as a flag error."""

@@ -59,9 +59,11 @@ def test_zero_stage_3_in_the_deepspeed_json_is_refused(tmp_path):
 @pytest.mark.parametrize("flags, message", [
     (OK, "--enable-cuda-graph needs CUDA GPUs; this run is on cpu"),
     (["--mlp-kernel", "quack", "--bf16"], "--mlp-kernel quack cannot run here: it needs a CUDA GPU"),
+    (["--attention-kernel", "fa4", "--bf16", "--attention-dropout", "0"],
+     "--attention-kernel fa4 cannot run here: it needs a CUDA GPU"),
 ])
 def test_a_run_without_cuda_is_refused_when_the_model_is_built(flags, message, monkeypatch):
-    """Checked where the model meets its device (build_engine); the mlp-kernel case also on a
+    """Checked where the model meets its device (build_engine); the kernel options also on a
     GPU machine, with CUDA hidden."""
     from megatron.trainer.build_engine import _apply_execution_options
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

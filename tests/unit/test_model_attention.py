@@ -207,3 +207,35 @@ def test_sdpa_backend_preference_order():
     ref = kernels.sdpa_attention(q, k, v, mask=None, bias=None, scale=0.3)
     out = kernels.sdpa_attention(q, k, v, mask=None, bias=None, scale=0.3, backend="math")
     torch.testing.assert_close(out, ref)
+
+
+@pytest.mark.parametrize("position", ["learned_absolute", "rope"])
+@pytest.mark.parametrize("selective", [False, True])
+def test_fa4_wiring_matches_sdpa(tp1, monkeypatch, position, selective):
+    """--attention-kernel fa4's path through SelfAttention (the packed qkv, re-packed after
+    rotary; the output's reshape; selective recomputation) gives the SDPA path's output and
+    gradients, with FlashAttention-4's kernel (GPU only; tests/gpu/test_fa4_attention_gpu.py)
+    replaced by SDPA on the packed input it receives."""
+    from megatron.model import fa4_attention
+
+    calls = []
+
+    def packed_sdpa(qkv, scale):  # qkv (B, T, nh, 3, hs) -> (B, T, nh, hs), as the kernel
+        calls.append(tuple(qkv.shape))
+        q, k, v = (t.transpose(1, 2) for t in qkv.unbind(3))
+        return torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, is_causal=True, scale=scale).transpose(1, 2)
+
+    monkeypatch.setattr(fa4_attention, "fa4_causal_attention", packed_sdpa)
+    tokens = torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(4))
+    results = {}
+    for kernel in ("sdpa", "fa4"):
+        model = _model(position_embedding_type=position, attention_kernel=kernel).train()
+        for layer in model.layers:
+            layer.attention.recompute_core = selective
+        out = model(tokens)
+        out.float().square().mean().backward()
+        results[kernel] = [out.detach()] + [p.grad for p in model.parameters()]
+    assert calls and all(shape == (2, 16, 4, 3, 8) for shape in calls)
+    for got, ref in zip(results["fa4"], results["sdpa"]):
+        torch.testing.assert_close(got, ref, atol=1e-6, rtol=1e-5)
