@@ -12,8 +12,8 @@ It is used here because torch's SDPA cannot do two things:
   docs/benchmarks.md).
 
 Both halves are torch custom ops, so torch.compile keeps the transformer block in one graph.
-Scope: plain causal masks, no ALiBi, no attention dropout, bf16/fp16 (model/validate.py). TP > 1
-is allowed (a rank's heads are its own) but has not run on GPUs.
+Scope: plain causal masks, no ALiBi, no attention dropout, bf16/fp16 (model/validate.py); any
+TP (a rank attends over its own heads) and PP (tests/gpu/test_fa4_attention_gpu.py).
 """
 from __future__ import annotations
 

@@ -7,7 +7,8 @@
 - Training through pretrain_gpt.py (a subprocess, as a user runs it; bf16, --torch-compile,
   rotary embeddings, so the rotated q/k are packed again, 2 micro-batches per step): every
   step's loss and the validation loss match a run with --attention-kernel sdpa; a third run
-  adds --recompute-granularity selective (the kernel recomputed in backward).
+  adds --recompute-granularity selective (the kernel recomputed in backward). With 2 GPUs,
+  the same at TP 2 and at PP 2 (torchrun).
 
 Nothing runs the CuTe DSL inside a multiprocessing child (see test_quack_mlp_gpu.py)."""
 import math
@@ -64,24 +65,45 @@ def test_fa4_matches_sdpa(head_dim):
             assert err < max(2 * floor, 5e-3), f"{name} {what}: {err:.3g} (torch bf16: {floor:.3g})"
 
 
-def test_training_with_fa4_matches_sdpa():
-    base = [sys.executable, "pretrain_gpt.py", "--num-layers", "2", "--hidden-size", "256",
-            "--num-attention-heads", "4", "--seq-length", "256", "--micro-batch-size", "4",
-            "--global-batch-size", "8", "--train-iters", "8", "--lr", "1e-3",
-            "--lr-warmup-iters", "0", "--hidden-dropout", "0", "--attention-dropout", "0",
-            "--position-embedding-type", "rope", "--log-interval", "1", "--eval-interval", "8",
-            "--eval-iters", "2", "--bf16", "--torch-compile", "--mock-data", "--tokenizer-type",
-            "NullTokenizer", "--vocab-size", "1000",
-            "--deepspeed_config", str(ROOT / "ds_configs/zero1_bf16.json")]
-    runs = {"sdpa": ["--attention-kernel", "sdpa"], "fa4": ["--attention-kernel", "fa4"],
-            "fa4 selective": ["--attention-kernel", "fa4", "--recompute-granularity", "selective"]}
-    out = {name: run(base + flags, timeout=900).stdout for name, flags in runs.items()}
-    ref = losses(out["sdpa"])
+def _train(nproc: int, *flags) -> str:
+    """pretrain_gpt.py's log: bf16, --torch-compile, rotary embeddings (the rotated q and k are
+    packed again), 2 micro-batches per step (on one GPU), 8 steps."""
+    launch = [sys.executable] if nproc == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    cmd = launch + [
+        "pretrain_gpt.py", "--num-layers", "2", "--hidden-size", "256",
+        "--num-attention-heads", "4", "--seq-length", "256", "--micro-batch-size", "4",
+        "--global-batch-size", "8", "--train-iters", "8", "--lr", "1e-3",
+        "--lr-warmup-iters", "0", "--hidden-dropout", "0", "--attention-dropout", "0",
+        "--position-embedding-type", "rope", "--log-interval", "1", "--eval-interval", "8",
+        "--eval-iters", "2", "--bf16", "--torch-compile", "--mock-data", "--tokenizer-type",
+        "NullTokenizer", "--vocab-size", "1000",
+        "--deepspeed_config", str(ROOT / "ds_configs/zero1_bf16.json"), *flags]
+    return run(cmd, timeout=900).stdout
+
+
+def _assert_same_training(out: dict, ref_name: str):
+    ref = losses(out[ref_name])
     assert sorted(ref) == list(range(1, 9)) and ref[8] < ref[1]  # it trained
-    for name in ("fa4", "fa4 selective"):
+    v_ref = validation_losses(out[ref_name])[8]
+    for name in out:
         got = losses(out[name])
         assert sorted(got) == sorted(ref), name
         for it in ref:
             assert abs(got[it] - ref[it]) < 1e-2, (name, it, got, ref)
-        v, v_ref = validation_losses(out[name])[8], validation_losses(out["sdpa"])[8]
+        v = validation_losses(out[name])[8]
         assert abs(v - v_ref) < 1e-2 * v_ref, (name, v, v_ref)
+
+
+def test_training_with_fa4_matches_sdpa():
+    runs = {"sdpa": ["--attention-kernel", "sdpa"], "fa4": ["--attention-kernel", "fa4"],
+            "fa4 selective": ["--attention-kernel", "fa4", "--recompute-granularity", "selective"]}
+    _assert_same_training({name: _train(1, *flags) for name, flags in runs.items()}, "sdpa")
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+@pytest.mark.parametrize("parallel", ["--tensor-model-parallel-size", "--pipeline-model-parallel-size"])
+def test_tp2_and_pp2_training_with_fa4_matches_sdpa(parallel):
+    """TP 2: each rank attends over its own two heads; PP 2: a layer per stage."""
+    out = {k: _train(2, parallel, "2", "--attention-kernel", k) for k in ("sdpa", "fa4")}
+    _assert_same_training(out, "sdpa")
