@@ -17,30 +17,18 @@ TP (a rank attends over its own heads) and PP (tests/gpu/test_fa4_attention_gpu.
 """
 from __future__ import annotations
 
-import importlib.util
 from typing import Optional
 
 import torch
+
+from megatron.model.hopper_kernels import unavailable_reason
 
 TESTED_FA4 = "flash-attn-4==4.0.0b36"  # with quack-kernels==0.6.4, nvidia-cutlass-dsl 4.6.2
 
 
 def fa4_unavailable_reason() -> Optional[str]:
     """Why FlashAttention-4 cannot run on this machine, or None when it can."""
-    if not torch.cuda.is_available():
-        return "it needs a CUDA GPU (Hopper, compute capability 9.0, or newer)"
-    major, minor = torch.cuda.get_device_capability()
-    if major < 9:
-        return (f"it needs a Hopper GPU or newer (compute capability 9.0+); this GPU is "
-                f"{major}.{minor}")
-    if importlib.util.find_spec("flash_attn") is None:
-        return f"the flash-attn-4 package is not installed (pip install {TESTED_FA4})"
-    try:
-        import flash_attn.cute.interface  # noqa: F401
-    except Exception as e:  # noqa: BLE001 - any failure here means the kernels cannot run
-        return (f"flash_attn.cute failed to load ({type(e).__name__}: {e}); "
-                f"{TESTED_FA4} is the tested version")
-    return None
+    return unavailable_reason("flash_attn.cute.interface", TESTED_FA4)
 
 
 @torch.library.custom_op("megatron::fa4_causal_fwd", mutates_args=())

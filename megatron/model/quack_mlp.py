@@ -17,10 +17,11 @@ state dicts are the MLP's own: only the kernels differ. Measured in docs/benchma
 """
 from __future__ import annotations
 
-import importlib.util
 from typing import Optional
 
 import torch
+
+from megatron.model.hopper_kernels import unavailable_reason
 
 TESTED_QUACK = "quack-kernels==0.6.4"  # with the nvidia-cutlass-dsl 4.6.2 it pins
 # our --activation names -> quack's epilogue activations (same functions as torch's F.gelu)
@@ -31,20 +32,7 @@ QUACK_ACTIVATIONS = {"gelu": "gelu_erf", "gelu_tanh": "gelu_tanh_approx"}
 
 def quack_unavailable_reason() -> Optional[str]:
     """Why quack's MLP kernels cannot run on this machine, or None when they can."""
-    if not torch.cuda.is_available():
-        return "it needs a CUDA GPU (Hopper, compute capability 9.0, or newer)"
-    major, minor = torch.cuda.get_device_capability()
-    if major < 9:
-        return (f"it needs a Hopper GPU or newer (compute capability 9.0+); this GPU is "
-                f"{major}.{minor}")
-    if importlib.util.find_spec("quack") is None:
-        return f"the quack package is not installed (pip install {TESTED_QUACK})"
-    try:  # where quack 0.6.5 fails (its epilogue cache keys) with nvidia-cutlass-dsl 4.7 / 4.8
-        import quack.epilogue.library  # noqa: F401
-    except Exception as e:  # noqa: BLE001 - any failure here means the GEMMs cannot run
-        return (f"quack's GEMM epilogues failed to load ({type(e).__name__}: {e}); "
-                f"{TESTED_QUACK} is the tested version")
-    return None
+    return unavailable_reason("quack.epilogue.library", TESTED_QUACK)
 
 
 class _ActMLP(torch.autograd.Function):

@@ -27,6 +27,13 @@ def build_engine(cfg: Config, layout: ParallelLayout, gbs: int, model=None) -> T
     return PipelineTrainEngine(model, cfg, layout, gbs)
 
 
+def _require(option: str, why, instead: str) -> None:
+    """An optional kernel library the machine cannot run is a start-up error saying why."""
+    if why:
+        from megatron.config.validate import ConfigError
+        raise ConfigError(f"{option} cannot run here: {why}; use {instead}")
+
+
 def _apply_execution_options(model, cfg: Config, layout: ParallelLayout) -> None:
     if cfg.parallel.sync_tp_duplicated_parameters:
         from megatron.parallel.tp_sync import sync_tp_duplicated_before_forward
@@ -35,18 +42,11 @@ def _apply_execution_options(model, cfg: Config, layout: ParallelLayout) -> None
         from megatron.model.recompute import enable_selective_recompute
         enable_selective_recompute(model)
     if cfg.model.mlp_kernel == "quack":
-        from megatron.config.validate import ConfigError
         from megatron.model.quack_mlp import quack_unavailable_reason
-        why = quack_unavailable_reason()
-        if why:
-            raise ConfigError(f"--mlp-kernel quack cannot run here: {why}; use --mlp-kernel torch")
+        _require("--mlp-kernel quack", quack_unavailable_reason(), "--mlp-kernel torch")
     if cfg.model.attention_kernel == "fa4":
-        from megatron.config.validate import ConfigError
         from megatron.model.fa4_attention import fa4_unavailable_reason
-        why = fa4_unavailable_reason()
-        if why:
-            raise ConfigError(f"--attention-kernel fa4 cannot run here: {why}; use "
-                              f"--attention-kernel auto")
+        _require("--attention-kernel fa4", fa4_unavailable_reason(), "--attention-kernel auto")
     if cfg.training.torch_compile:
         from megatron.model.compile import compile_layers
         compile_layers(model)

@@ -69,3 +69,23 @@ def test_what_fa4_cannot_run_is_refused_by_name(extra, named):
         validate_config(parse_config(BASE + extra), 1)
     for text in ["--attention-kernel fa4", *named]:
         assert text in str(e.value), str(e.value)
+
+
+def test_why_a_kernel_library_cannot_run(monkeypatch):
+    """The reason build_engine gives, for each way a machine can lack an optional library (a
+    GPU is faked: the checks before the import are torch.cuda's answers)."""
+    import torch
+
+    from megatron.model.hopper_kernels import unavailable_reason
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert "needs a CUDA GPU" in unavailable_reason("json", "x==1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda: (8, 0))
+    assert "this GPU is 8.0" in unavailable_reason("json", "x==1")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda: (9, 0))
+    assert unavailable_reason("no_such_package_here.cute", "no-such==1.0") == (
+        "the no-such package is not installed (pip install no-such==1.0)")
+    why = unavailable_reason("json.no_such_module", "json-kernels==2.0")
+    assert why.startswith("json.no_such_module failed to load (ModuleNotFoundError")
+    assert why.endswith("json-kernels==2.0 is the tested version")
+    assert unavailable_reason("json.decoder", "json-kernels==2.0") is None
