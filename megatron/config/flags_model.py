@@ -58,7 +58,9 @@ def add_model_flags(m) -> None:
     m.add("--apply-query-key-layer-scaling", action="store_true",
           help="Scale query-key products by 1/layer-number (fp16 stability).")
     m.add("--attention-kernel", default="auto", choices=["auto", "eager", "sdpa", "flex", "fa4"],
-          help="Attention implementation; auto picks the fastest that supports the mask. fa4: "
+          help="Attention implementation. auto: SDPA for plain causal masks (and on CPUs), "
+               "FlexAttention for other masks and ALiBi on GPUs (SDPA with attention dropout). fa4 "
+               "(only when asked for): "
                "FlashAttention-4 (pip install flash-attn-4==4.0.0b36; Hopper or newer GPUs) on "
                "the fused QKV, its backward writing the QKV gradient in place; plain causal "
                "masks, no ALiBi, --attention-dropout 0, bf16/fp16.")

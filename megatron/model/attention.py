@@ -66,13 +66,14 @@ class SelfAttention(nn.Module):
         qkv, _ = self.qkv(x)  # (B, T, nh * 3 * hs)
         qkv = qkv.view(B, T, self.num_heads, 3, self.head_dim)
         q, k, v = qkv.unbind(3)  # (B, T, nh, hs)
+        fa4 = cfg.attention_kernel == "fa4" and self.kv_cache is None  # on the packed qkv
         if cfg.position_embedding_type == "rope":
             cos, sin = rotary if rotary is not None else rotary_cos_sin(
                 position_ids, rotary_dim(self.head_dim, cfg.rotary_percent), cfg.rotary_base)
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-            if cfg.attention_kernel == "fa4":
+            if fa4:
                 qkv = torch.stack([q, k, v], dim=3)  # (B, T, nh, 3, hs)
-        if cfg.attention_kernel == "fa4" and self.kv_cache is None:
+        if fa4:
             y = self._attend_fa4(qkv, prefix_lengths, document_ids)  # (B, T, nh, hs)
             out, _ = self.dense(y.reshape(B, T, self.num_heads * self.head_dim))
             return out
