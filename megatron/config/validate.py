@@ -165,12 +165,12 @@ def check_model(cfg: Config) -> None:
         check_model_config(m, tp)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    if m.mlp_kernel == "quack" and cfg.training.precision == "fp32":
-        raise ConfigError("--mlp-kernel quack runs bf16 or fp16 weights (--bf16 / --fp16); this "
-                          "run is fp32: add one or use --mlp-kernel torch")
-    if m.attention_kernel == "fa4" and cfg.training.precision == "fp32":
-        raise ConfigError("--attention-kernel fa4 runs bf16 or fp16 (--bf16 / --fp16); this run "
-                          "is fp32: add one or use --attention-kernel auto")
+    half_only = [("--mlp-kernel quack", "--mlp-kernel torch", m.mlp_kernel == "quack"),
+                 ("--attention-kernel fa4", "--attention-kernel auto", m.attention_kernel == "fa4")]
+    for option, instead, chosen in half_only:  # the optional Hopper kernels
+        if chosen and cfg.training.precision == "fp32":
+            raise ConfigError(f"{option} runs bf16 or fp16 (--bf16 / --fp16); this run is fp32: "
+                              f"add one or use {instead}")
     if m.attention_kernel == "fa4" and cfg.data.reset_attention_mask:
         raise ConfigError("--attention-kernel fa4 runs plain causal masks, not "
                           "--reset-attention-mask's per-document masks; use --attention-kernel "
